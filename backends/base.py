@@ -1,0 +1,65 @@
+"""The contract between the compiler and a target: what to emit for a spec.
+
+A backend never imports `codegen`; it returns a plan (templates with typed contexts, or raw
+bytes) and the compiler renders, formats, stamps and writes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from spec import DType, ModelSpec
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Choices made at build time rather than in the spec."""
+
+    dtype: DType | None = None  # None: the spec's dtype
+    weights: Path | None = None  # a checkpoint to bind to (targets that take one)
+    embed_weights: bool = False  # write the weights into the output (targets that can)
+
+    def dtype_for(self, spec: ModelSpec) -> DType:
+        return self.dtype or spec.dtype
+
+    def describe(self) -> dict[str, Any]:
+        """The options as plain JSON values, for the manifest."""
+        return {
+            "dtype": self.dtype.value if self.dtype else None,
+            "weights": str(self.weights) if self.weights else None,
+            "embed_weights": self.embed_weights,
+        }
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A file produced by rendering `template` (relative to the backend's template folder)."""
+
+    path: str
+    template: str
+    context: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A file whose bytes the backend produced itself (e.g. a serialised ONNX graph)."""
+
+    path: str
+    content: bytes
+
+
+Artifact = Rendered | Raw
+
+
+class Backend(Protocol):
+    name: str
+    description: str
+    template_dir: Path
+    # Which BuildOptions fields besides dtype this target reads; others given are an error.
+    accepts: frozenset[str]
+    filters: Mapping[str, Callable[..., Any]]
+
+    def plan(self, spec: ModelSpec, options: BuildOptions) -> list[Artifact]: ...
