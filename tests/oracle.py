@@ -1,0 +1,102 @@
+"""An independent float64 numpy LLaMA forward pass: the reference every backend is held to.
+
+Written from the paper and DESIGN.md section 3, not from the templates. Weights are a dict in our
+canonical layout: Hugging Face names, half-layout RoPE rows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from spec import LinearRopeScaling, Llama3RopeScaling, ModelSpec
+
+
+def inv_frequencies(spec: ModelSpec) -> np.ndarray:
+    d = spec.head_dim
+    freqs = 1.0 / spec.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d)
+    scaling = spec.rope_scaling
+    if isinstance(scaling, LinearRopeScaling):
+        return freqs / scaling.factor
+    if isinstance(scaling, Llama3RopeScaling):
+        out = []
+        for f in freqs:
+            wavelength = 2 * math.pi / f
+            original = scaling.original_max_position_embeddings
+            if wavelength < original / scaling.high_freq_factor:
+                out.append(f)
+            elif wavelength > original / scaling.low_freq_factor:
+                out.append(f / scaling.factor)
+            else:
+                t = (original / wavelength - scaling.low_freq_factor) / (
+                    scaling.high_freq_factor - scaling.low_freq_factor
+                )
+                out.append((1 - t) * f / scaling.factor + t * f)
+        return np.array(out)
+    return freqs
+
+
+def rotate(x: np.ndarray, positions: np.ndarray, freqs: np.ndarray) -> np.ndarray:
+    """Half-layout rotation of x (T, heads, head_dim): pair i with i + head_dim/2."""
+    angles = positions[:, None] * freqs[None, :]  # (T, head_dim/2)
+    cos, sin = np.cos(angles)[:, None, :], np.sin(angles)[:, None, :]
+    half = x.shape[-1] // 2
+    a, b = x[..., :half], x[..., half:]
+    return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weight
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, groups: int) -> np.ndarray:
+    """Causal attention for one sequence: q (T, H, d), k/v (T, KV, d); KV head j serves
+    query heads j*groups .. (j+1)*groups - 1."""
+    T, n_heads, d = q.shape
+    out = np.empty_like(q)
+    causal = np.tril(np.ones((T, T), dtype=bool))
+    for h in range(n_heads):
+        scores = q[:, h] @ k[:, h // groups].T / math.sqrt(d)
+        scores = np.where(causal, scores, -np.inf)
+        scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        out[:, h] = (scores / scores.sum(axis=-1, keepdims=True)) @ v[:, h // groups]
+    return out
+
+
+def forward(spec: ModelSpec, weights: dict[str, np.ndarray], tokens: np.ndarray) -> np.ndarray:
+    """Logits (B, T, vocab) in float64 for integer tokens (B, T)."""
+    w = {name: np.asarray(value, dtype=np.float64) for name, value in weights.items()}
+    freqs = inv_frequencies(spec)
+    batch = []
+    for seq in np.asarray(tokens):
+        T = len(seq)
+        positions = np.arange(T, dtype=np.float64)
+        x = w["model.embed_tokens.weight"][seq]
+        for i in range(spec.n_layers):
+            p = f"model.layers.{i}."
+            h = rms_norm(x, w[p + "input_layernorm.weight"], spec.norm_eps)
+            q = (h @ w[p + "self_attn.q_proj.weight"].T).reshape(T, spec.n_heads, spec.head_dim)
+            k = (h @ w[p + "self_attn.k_proj.weight"].T).reshape(T, spec.num_kv_heads, -1)
+            v = (h @ w[p + "self_attn.v_proj.weight"].T).reshape(T, spec.num_kv_heads, -1)
+            q, k = rotate(q, positions, freqs), rotate(k, positions, freqs)
+            y = attention(q, k, v, spec.kv_groups).reshape(T, spec.dim)
+            x = x + y @ w[p + "self_attn.o_proj.weight"].T
+            h = rms_norm(x, w[p + "post_attention_layernorm.weight"], spec.norm_eps)
+            gate = h @ w[p + "mlp.gate_proj.weight"].T
+            up = h @ w[p + "mlp.up_proj.weight"].T
+            x = x + (silu(gate) * up) @ w[p + "mlp.down_proj.weight"].T
+        x = rms_norm(x, w["model.norm.weight"], spec.norm_eps)
+        head = w["model.embed_tokens.weight" if spec.tie_embeddings else "lm_head.weight"]
+        batch.append(x @ head.T)
+    return np.stack(batch)
+
+
+def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
+    """‖out − ref‖ / ‖ref‖ over all elements, in float64."""
+    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
