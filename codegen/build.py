@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import os
@@ -17,6 +19,7 @@ from . import __version__
 from .render import render_plan
 
 MANIFEST = "manifest.json"
+_LIBC = ctypes.CDLL(None, use_errno=True)
 GENERATOR = "llama-codegen"
 
 
@@ -110,6 +113,33 @@ def recover_interrupted(dest: Path) -> None:
         shutil.rmtree(stray, ignore_errors=True)
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders in one atomic step (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
+    renameat2 = getattr(_LIBC, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code))
+
+
+def _swap_in(tmp: Path, dest: Path) -> None:
+    """Put the finished folder `tmp` at `dest`. Where the OS can, the swap is one atomic step, so
+    `dest` is complete at every instant; otherwise the old folder waits in `.<name>.old` until
+    the new one is in place, and `recover_interrupted` finishes the job after a crash."""
+    if not dest.exists():
+        os.replace(tmp, dest)
+    elif _exchange(tmp, dest):
+        shutil.rmtree(tmp)  # now holds the previous output
+    else:
+        os.replace(dest, _old_path(dest))
+        os.replace(tmp, dest)
+
+
 def _write_tree(root: Path, files: dict[str, bytes]) -> None:
     for rel, data in files.items():
         path = root / rel
@@ -146,9 +176,7 @@ def write_atomically(dest: Path, files: dict[str, bytes], force: bool = False) -
         raise OutputError(f"cannot write to {dest.parent}: {exc.strerror}") from None
     try:
         _write_tree(tmp, files)
-        if dest.exists():
-            os.replace(dest, _old_path(dest))
-        os.replace(tmp, dest)
+        _swap_in(tmp, dest)
     except OSError as exc:
         recover_interrupted(dest)  # puts the previous output back, removes the partial one
         raise OutputError(f"cannot write {dest}: {exc.strerror or exc}") from None

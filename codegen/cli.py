@@ -32,13 +32,20 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
+def _printable(text: str, limit: int = 80) -> str:
+    """User-supplied text made safe for a one-line message (control characters escaped)."""
+    text = text if text.isprintable() else ascii(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     parts = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"]) or "spec"
-        message = error["msg"].removeprefix("Value error, ")
+    for error in exc.errors()[:5]:
+        where = ".".join(_printable(str(part)) for part in error["loc"]) or "spec"
+        message = _printable(error["msg"].removeprefix("Value error, "), limit=200)
         parts.append(f"{where}: {message}")
-    return "invalid spec: " + "; ".join(parts)
+    more = len(exc.errors()) - len(parts)
+    return "invalid spec: " + "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
 def resolve_spec(size: str | None, spec_file: Path | None) -> ModelSpec:
@@ -49,7 +56,7 @@ def resolve_spec(size: str | None, spec_file: Path | None) -> ModelSpec:
     except UnknownPresetError as exc:
         raise UserError(str(exc)) from None
     except SpecFormatError as exc:
-        raise UserError(str(exc)) from None
+        raise UserError(_printable(str(exc), limit=300)) from None
     except ValidationError as exc:
         raise UserError(describe_validation_error(exc)) from None
 

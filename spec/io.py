@@ -37,7 +37,14 @@ def load_spec(path: str | Path) -> ModelSpec:
             return from_meta_params(data, name=name)
     except KeyError as exc:
         raise SpecFormatError(f"{path}: required key {exc.args[0]!r} is missing") from None
+    except (TypeError, AttributeError):
+        # e.g. `rope_scaling: [1, 2]` where a mapping belongs; pydantic errors pass through
+        raise SpecFormatError(f"{path}: a value has the wrong type for a {_kind(data)}") from None
     return ModelSpec.model_validate(data)
+
+
+def _kind(data: dict[str, Any]) -> str:
+    return "Hugging Face config.json" if "hidden_size" in data else "Meta params.json"
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:

@@ -8,6 +8,7 @@ Loading never runs code from the checkpoint: safetensors, and `torch.load(weight
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -59,6 +60,7 @@ def safetensors_files(path: Path) -> list[Path]:
 
 
 Reader = Callable[[], Iterator[tuple[str, Tensor]]]
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
 
 
 def safetensors_reader(files: list[Path]) -> tuple[dict[str, tuple[int, ...]], Reader]:
@@ -68,7 +70,14 @@ def safetensors_reader(files: list[Path]) -> tuple[dict[str, tuple[int, ...]], R
         try:
             with safe_open(file, framework="pt") as f:
                 for name in f.keys():
-                    shapes[name] = tuple(f.get_slice(name).get_shape())
+                    tensor = f.get_slice(name)
+                    if tensor.get_dtype() not in FLOAT_DTYPES:
+                        raise CheckpointError(
+                            f"{file}: {name} has dtype {tensor.get_dtype()}, not a float"
+                        )
+                    shapes[name] = tuple(tensor.get_shape())
+        except CheckpointError:
+            raise
         except Exception as exc:  # safetensors raises its own error types for corrupt files
             raise CheckpointError(f"{file}: not a readable safetensors file ({exc})") from None
 
@@ -166,11 +175,25 @@ def interleaved_to_half(w: Tensor, n_heads: int, head_dim: int) -> Tensor:
     return w.view(n_heads, head_dim // 2, 2, -1).transpose(1, 2).reshape(n_heads * head_dim, -1)
 
 
+def load_meta_shard(file: Path) -> dict[str, Tensor]:
+    """torch.load with weights_only=True: tensors and plain containers, never code."""
+    try:
+        shard = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{file}: refused, not a plain tensor checkpoint ({reason})"
+        ) from None
+    if not isinstance(shard, dict):
+        raise CheckpointError(f"{file}: expected a dict of tensors, found {type(shard).__name__}")
+    for name, tensor in shard.items():
+        if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
+            raise CheckpointError(f"{file}: {name} is not a float tensor")
+    return shard
+
+
 def meta_reader(path: Path, args: ModelArgs) -> tuple[dict[str, tuple[int, ...]], Reader]:
-    shards = [
-        torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-        for file in sorted(path.glob("consolidated.*.pth"))
-    ]
+    shards = [load_meta_shard(file) for file in sorted(path.glob("consolidated.*.pth"))]
     tensors: dict[str, Tensor] = {}
     for meta_name in shards[0]:
         if meta_name == "rope.freqs":  # LLaMA 1 stores its RoPE frequencies; we compute ours
