@@ -1,0 +1,88 @@
+"""CPU prefill and decode of the emitted PyTorch model against transformers, same weights.
+
+    python benchmarks/bench_cpu.py
+
+Prefill (float32, batch 4 x 256 tokens): tokens/s, and the share of this machine's measured
+float32 GEMM FLOP/s. Decode (batch 1, 64-token prompt, 128 new tokens, greedy): tokens/s, and the
+share of the bandwidth limit (weight bytes read per token over measured memory bandwidth).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from benchmarks.common import (
+    BATCH,
+    BENCH_SPEC,
+    SEQ,
+    Row,
+    best_time,
+    format_rows,
+    measured_bandwidth,
+    measured_gemm_flops,
+)
+from spec import ModelSpec, to_hf_config
+from tests.support import build_target, import_package
+
+PROMPT, NEW_TOKENS = 64, 128
+
+
+def models(spec: ModelSpec, folder: Path):
+    package = import_package(build_target(spec, "torch", folder))
+    torch.manual_seed(0)
+    ours = package.Model().eval()
+    config = LlamaConfig(**to_hf_config(spec), attn_implementation="sdpa")
+    theirs = LlamaForCausalLM(config).eval()
+    theirs.load_state_dict(ours.state_dict())
+    return ours, theirs
+
+
+def prefill_flops(spec: ModelSpec, tokens: int, seq: int) -> float:
+    """Matmul FLOPs of a forward pass: 2 per weight per token (the embedding lookup is free)
+    plus causal attention's QK^T and AV (2 * 2 * seq/2 * dim per token per layer)."""
+    matmul_params = spec.param_count - spec.vocab_size * spec.dim
+    return tokens * (2 * matmul_params + 2 * spec.n_layers * seq * spec.dim)
+
+
+def rows() -> list[Row]:
+    spec = ModelSpec(**BENCH_SPEC)
+    with tempfile.TemporaryDirectory() as tmp:
+        ours, theirs = models(spec, Path(tmp))
+    ids = torch.randint(0, spec.vocab_size, (BATCH, SEQ), generator=torch.Generator().manual_seed(0))
+    gemm = measured_gemm_flops()
+    with torch.inference_mode():
+        t_ours = best_time(lambda: ours(ids), repeat=5)
+        t_theirs = best_time(lambda: theirs(ids).logits, repeat=5)
+    tokens = BATCH * SEQ
+    prefill = Row(
+        "CPU prefill fp32 4x256", tokens / t_ours, tokens / t_theirs, "transformers sdpa",
+        "tok/s", prefill_flops(spec, tokens, SEQ) / t_ours / gemm,
+    )  # fmt: skip
+
+    prompt = ids[:1, :PROMPT]
+    mask = torch.ones_like(prompt)
+    with torch.inference_mode():
+        t_ours = best_time(lambda: ours.generate(prompt, NEW_TOKENS), repeat=3)
+        t_theirs = best_time(
+            lambda: theirs.generate(
+                prompt, attention_mask=mask, max_new_tokens=NEW_TOKENS,
+                min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0,
+            ),
+            repeat=3,
+        )  # fmt: skip
+    # Each decode step reads every weight except the embedding table (one row of it).
+    weight_bytes = 4 * (spec.param_count - spec.vocab_size * spec.dim * (not spec.tie_embeddings))
+    limit = measured_bandwidth() / weight_bytes
+    decode = Row(
+        "CPU decode fp32 1x(64+128)", NEW_TOKENS / t_ours, NEW_TOKENS / t_theirs,
+        "transformers generate", "tok/s", NEW_TOKENS / t_ours / limit,
+    )  # fmt: skip
+    return [prefill, decode]
+
+
+if __name__ == "__main__":
+    print(format_rows(rows()))
