@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from spec import DType, ModelSpec
+from spec import DType, ModelSpec, ParallelSpec
 
 
 @dataclass(frozen=True)
@@ -21,17 +21,21 @@ class BuildOptions:
     dtype: DType | None = None  # None: the spec's dtype
     weights: Path | None = None  # a checkpoint to bind to (targets that take one)
     embed_weights: bool = False  # write the weights into the output (targets that can)
+    parallel: ParallelSpec | None = None  # mesh and sharding rules (None: the defaults)
 
     def dtype_for(self, spec: ModelSpec) -> DType:
         return self.dtype or spec.dtype
 
     def describe(self) -> dict[str, Any]:
         """The options as plain JSON values, for the manifest."""
-        return {
+        described: dict[str, Any] = {
             "dtype": self.dtype.value if self.dtype else None,
             "weights": str(self.weights) if self.weights else None,
             "embed_weights": self.embed_weights,
         }
+        if self.parallel is not None:  # absent otherwise, so earlier manifests stay valid
+            described["parallel"] = self.parallel.model_dump(mode="json")
+        return described
 
 
 @dataclass(frozen=True)

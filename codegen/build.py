@@ -55,7 +55,7 @@ def render_target(spec: ModelSpec, target: str, options: BuildOptions) -> dict[s
     backend = get_backend(target)
     unused = {
         name
-        for name in ("weights", "embed_weights")
+        for name in ("weights", "embed_weights", "parallel")
         if getattr(options, name) and name not in backend.accepts
     }
     if unused:

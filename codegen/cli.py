@@ -12,7 +12,17 @@ import click
 from pydantic import ValidationError
 
 from backends import TARGETS, BuildOptions
-from spec import PRESETS, DType, ModelSpec, SpecFormatError, UnknownPresetError, get_preset, load_spec
+from spec import (
+    PRESETS,
+    DType,
+    ModelSpec,
+    ParallelSpec,
+    SpecFormatError,
+    UnknownPresetError,
+    get_preset,
+    load_parallel_spec,
+    load_spec,
+)
 
 from . import __version__
 from .build import OutputError, build, compare, render_target
@@ -59,6 +69,17 @@ def resolve_spec(size: str | None, spec_file: Path | None) -> ModelSpec:
         raise UserError(_printable(str(exc), limit=300)) from None
     except ValidationError as exc:
         raise UserError(describe_validation_error(exc)) from None
+
+
+def resolve_parallel(path: Path, spec: ModelSpec) -> ParallelSpec:
+    """A parallel spec file, checked against the model (and its training batch)."""
+    try:
+        return load_parallel_spec(path).validate_for(spec, spec.training.batch_size)
+    except SpecFormatError as exc:
+        raise UserError(str(exc)) from None
+    except ValidationError as exc:
+        message = describe_validation_error(exc).removeprefix("invalid spec: ")
+        raise UserError(f"invalid parallel spec {path}: {message}") from None
 
 
 def spec_source(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -112,6 +133,12 @@ def main() -> None:
     help="A Hugging Face checkpoint folder to bind to (targets that take one).",
 )
 @click.option("--embed-weights", is_flag=True, help="Write weights into the output (onnx).")
+@click.option(
+    "--parallel",
+    "parallel_file",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="A parallel spec (YAML/JSON: mesh degrees, logical-axis rules): the emitted defaults.",
+)
 @click.option("--check", is_flag=True, help="Compare with the existing output; write nothing.")
 @click.option("--force", is_flag=True, help="Replace an output folder this tool did not write.")
 def build_command(
@@ -122,6 +149,7 @@ def build_command(
     dtype: str | None,
     weights: Path | None,
     embed_weights: bool,
+    parallel_file: Path | None,
     check: bool,
     force: bool,
 ) -> None:
@@ -129,8 +157,9 @@ def build_command(
     spec = resolve_spec(size, spec_file)
     out = out if out is not None else Path("out") / spec.name
     options = BuildOptions(
-        dtype=DType(dtype) if dtype else None, weights=weights, embed_weights=embed_weights
-    )
+        dtype=DType(dtype) if dtype else None, weights=weights, embed_weights=embed_weights,
+        parallel=resolve_parallel(parallel_file, spec) if parallel_file else None,
+    )  # fmt: skip
     targets = list(TARGETS) if target == "all" else [target]
     failed = False
     for name in targets:
@@ -168,7 +197,7 @@ def list_command() -> None:
     rows = [
         [
             s.name,
-            f"{s.param_count / 1e9:.2f}B",
+            human_count(s.param_count),
             s.dim,
             s.n_layers,
             s.n_heads,
@@ -182,6 +211,10 @@ def list_command() -> None:
     ]
     header = ["preset", "params", "dim", "layers", "heads", "kv", "ffn", "vocab", "ctx", "rope"]
     click.echo(format_table(header, rows))
+
+
+def human_count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 10**9 else f"{n / 1e6:.2f}M"
 
 
 def derived_numbers(spec: ModelSpec) -> dict[str, Any]:
@@ -225,3 +258,7 @@ def format_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in cells]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(line.rstrip() for line in lines)
+# Target-specific commands live in their own modules, which use the helpers above.
+from .cmd_convert import convert_command  # noqa: E402
+
+main.add_command(convert_command)

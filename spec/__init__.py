@@ -9,6 +9,7 @@ from .model import (
     TrainingSpec,
     meta_ffn_hidden_dim,
 )
+from .parallel import ParallelSpec, load_parallel_spec, logical_axes
 from .presets import PRESETS, UnknownPresetError, get_preset
 
 __all__ = [
@@ -17,13 +18,16 @@ __all__ = [
     "LinearRopeScaling",
     "Llama3RopeScaling",
     "ModelSpec",
+    "ParallelSpec",
     "SpecFormatError",
     "TrainingSpec",
     "UnknownPresetError",
     "from_hf_config",
     "from_meta_params",
     "get_preset",
+    "load_parallel_spec",
     "load_spec",
+    "logical_axes",
     "meta_ffn_hidden_dim",
     "to_hf_config",
 ]

@@ -8,6 +8,7 @@ from typing import Any
 from spec import ModelSpec
 
 from ..base import Artifact, BuildOptions, Rendered
+from .parallel import parallel_context
 
 
 def model_context(spec: ModelSpec, options: BuildOptions) -> dict[str, Any]:
@@ -36,14 +37,14 @@ class TorchBackend:
     name = "torch"
     description = "standalone PyTorch package (HF parameter names, SDPA, KV cache, loaders)"
     template_dir = Path(__file__).parent / "templates"
-    accepts: frozenset[str] = frozenset()
+    accepts: frozenset[str] = frozenset({"parallel"})
     filters: dict[str, Any] = {}
 
     def plan(self, spec: ModelSpec, options: BuildOptions) -> list[Artifact]:
-        context = model_context(spec, options)
+        context = model_context(spec, options) | parallel_context(spec, options)
         return [
             Rendered(path, path + ".jinja", context)
-            for path in ("__init__.py", "model.py", "weights.py", "README.md")
+            for path in ("__init__.py", "model.py", "weights.py", "parallel.py", "README.md")
         ]
 
 

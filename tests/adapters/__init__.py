@@ -42,7 +42,14 @@ def _torch() -> Adapter:
     return TorchAdapter()
 
 
+def _cerebras() -> Adapter:
+    from .cerebras_adapter import CerebrasAdapter
+
+    return CerebrasAdapter()
+
+
 # target -> factory; factories import their framework lazily.
 ADAPTERS: dict[str, Callable[[], Adapter]] = {
     "torch": _torch,
+    "cerebras": _cerebras,
 }

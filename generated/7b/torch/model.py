@@ -190,10 +190,12 @@ class Model(nn.Module):
         """Allocate a static KV cache in every layer for up to `max_len` positions."""
         if max_len > self.args.max_seq_len:
             raise ValueError(f"max_len {max_len} exceeds max_seq_len {self.args.max_seq_len}")
-        like = self.lm_head.weight
+        # A plain tensor of the weights' dtype and device (weights may be DTensors when sharded).
+        like = self.rope_cos.new_empty(0, dtype=self.args.dtype)
         for layer in self.model.layers:
-            layer.self_attn.kv_cache = KVCache(
-                batch, self.args.n_kv_heads, max_len, self.args.head_dim, like
+            attention = layer.self_attn  # n_kv_heads is per device under tensor parallelism
+            attention.kv_cache = KVCache(
+                batch, attention.n_kv_heads, max_len, attention.head_dim, like
             )
 
     def clear_cache(self) -> None:

@@ -1,0 +1,159 @@
+"""The Cerebras target: Model Zoo params YAMLs (trainer and legacy layouts), a Model Zoo-named
+PyTorch model with interleaved RoPE, a cstorch training loop and an HF <-> Cerebras converter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from spec import DType, ModelSpec, to_hf_config
+
+from ..base import Artifact, BuildOptions, Rendered
+from .mapping import FINAL_NORM_ALIAS, GLOBAL_NAMES, LAYER_NAMES, CheckpointLayout
+
+# Schedule and logging cadence of the Model Zoo's reference LLaMA files, capped by the run length.
+CHECKPOINT_EVERY = 10_000
+LOG_EVERY = 100
+EVAL_STEPS = 100
+
+
+def yaml_scalar(value: Any) -> str:
+    """A value as YAML 1.1 reads it back (PyYAML parses `3e-05` as a string; `3.0e-05` is a float)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=1000)
+    return text.removesuffix("\n").removesuffix("\n...")
+
+
+def clean_float(value: float) -> float:
+    """Drop binary noise from products like 3e-4 * 0.1 (= 3.0000000000000004e-05)."""
+    return float(f"{value:.12g}")
+
+
+def tokens_text(tokens: int) -> str:
+    """1000000000000 -> '1.0T tokens', small counts in full."""
+    for unit, scale in (("T", 10**12), ("B", 10**9)):
+        if tokens >= scale:
+            return f"{tokens / scale:.1f}{unit} tokens"
+    return f"{tokens:,} tokens"
+
+
+def model_context(spec: ModelSpec, options: BuildOptions) -> dict[str, Any]:
+    """The spec's values as model.py and convert.py print them."""
+    scaling = spec.rope_scaling.model_dump() if spec.rope_scaling else {"type": "none"}
+    return {
+        "name": spec.name,
+        "param_count_text": f"{spec.param_count:,}",
+        "vocab_size": spec.vocab_size,
+        "dim": spec.dim,
+        "n_layers": spec.n_layers,
+        "n_heads": spec.n_heads,
+        "n_kv_heads": spec.num_kv_heads,
+        "head_dim": spec.head_dim,
+        "hidden_dim": spec.hidden_dim,
+        "norm_eps": spec.norm_eps,
+        "rope_theta": spec.rope_theta,
+        "rope_scaling": scaling,
+        "max_seq_len": spec.max_seq_len,
+        "tie_embeddings": spec.tie_embeddings,
+        "dtype": options.dtype_for(spec).value,
+        "init_std": spec.init_std,
+        "layer_names": LAYER_NAMES,
+        "global_names": GLOBAL_NAMES,
+        "final_norm_alias": FINAL_NORM_ALIAS,
+        "hf_config": to_hf_config(spec) | {"torch_dtype": options.dtype_for(spec).value},
+    }
+
+
+def training_context(spec: ModelSpec) -> dict[str, Any]:
+    """Optimizer, schedule, batch and run length from spec.training, with the arithmetic shown."""
+    t = spec.training
+    decay_steps = t.total_steps - t.warmup_steps
+    if decay_steps <= 0:
+        raise ValueError(
+            f"training.warmup_steps ({t.warmup_steps}) must be below the run's "
+            f"{t.total_steps} steps (total_tokens / batch_tokens)"
+        )
+    mixed = t.precision is not DType.float32
+    return {
+        "batch_size": t.batch_size,
+        "seq_len": t.seq_len,
+        "tokens_text": tokens_text(t.total_tokens),
+        "steps_arithmetic": (
+            f"{t.total_tokens:,} / ({t.batch_size} x {t.seq_len}) = "
+            f"{t.total_tokens / t.batch_tokens:,.2f}, rounded up"
+        ),
+        "total_steps": t.total_steps,
+        "warmup_steps": t.warmup_steps,
+        "decay_steps": decay_steps,
+        "peak_lr": t.peak_lr,
+        "end_lr": clean_float(t.peak_lr * t.min_lr_ratio),
+        "min_lr_percent": f"{t.min_lr_ratio * 100:g}%",
+        "betas": [t.beta1, t.beta2],
+        "adam_eps": t.adam_eps,
+        "weight_decay": t.weight_decay,
+        "grad_clip": t.grad_clip,
+        "mixed_precision": mixed,
+        "fp16_type": t.precision.value,
+        "checkpoint_steps": min(CHECKPOINT_EVERY, t.total_steps),
+        "log_steps": min(LOG_EVERY, max(1, t.total_steps // 100)),
+        "eval_steps": EVAL_STEPS,
+    }
+
+
+def config_context(spec: ModelSpec) -> dict[str, Any]:
+    """Both params YAMLs: the Model Zoo's model keys and the training recipe."""
+    scaling = spec.rope_scaling.model_dump() if spec.rope_scaling else {"type": "none"}
+    return {
+        "name": spec.name,
+        "param_count_text": f"{spec.param_count:,}",
+        "vocab_size": spec.vocab_size,
+        "hidden_size": spec.dim,
+        "rotary_dim": spec.head_dim,
+        "rope_theta": spec.rope_theta,
+        "rope_scaling": scaling,
+        "share_embedding_weights": spec.tie_embeddings,
+        "max_position_embeddings": spec.max_seq_len,
+        "num_hidden_layers": spec.n_layers,
+        "layer_norm_epsilon": spec.norm_eps,
+        "num_heads": spec.n_heads,
+        "num_kv_groups": spec.num_kv_heads if spec.num_kv_heads != spec.n_heads else None,
+        "filter_size": spec.hidden_dim,
+        "initializer_range": spec.init_std,
+        **training_context(spec),
+    }
+
+
+class CerebrasBackend:
+    name = "cerebras"
+    description = (
+        "Cerebras Model Zoo params (trainer + legacy), cstorch model, train loop, converter"
+    )
+    template_dir = Path(__file__).parent / "templates"
+    accepts: frozenset[str] = frozenset()
+    filters: ClassVar[dict[str, Any]] = {"yaml": yaml_scalar}
+
+    def plan(self, spec: ModelSpec, options: BuildOptions) -> list[Artifact]:
+        model = model_context(spec, options)
+        config = config_context(spec)
+        return [
+            Rendered(f"configs/params_{spec.name}.yaml", "configs/params.yaml.jinja", config),
+            Rendered(
+                f"configs/legacy/params_{spec.name}.yaml",
+                "configs/legacy/params.yaml.jinja",
+                config,
+            ),
+            Rendered("model.py", "model.py.jinja", model),
+            Rendered(
+                "train.py",
+                "train.py.jinja",
+                model | {"config": f"params_{spec.name}.yaml", "seq_len": spec.training.seq_len},
+            ),
+            Rendered("convert.py", "convert.py.jinja", model),
+            Rendered("README.md", "README.md.jinja", model | config),
+        ]
+
+
+BACKEND = CerebrasBackend()
+
+__all__ = ["BACKEND", "CerebrasBackend", "CheckpointLayout"]

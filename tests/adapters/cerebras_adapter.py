@@ -1,0 +1,41 @@
+"""The emitted Cerebras model.py in the main torch: HF checkpoint -> emitted convert.py -> Model."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from backends import BuildOptions
+from spec import DType, ModelSpec
+from tests.support import build_target
+
+from .torch_adapter import TorchRunner
+
+_module_ids = itertools.count()
+
+
+def import_file(path: Path) -> ModuleType:
+    """Import one emitted script (model.py, convert.py) as a module under a fresh name."""
+    name = f"emitted_cerebras_{path.stem}_{next(_module_ids)}"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    module_spec.loader.exec_module(module)
+    return module
+
+
+class CerebrasAdapter:
+    target = "cerebras"
+    dtypes = ("float32", "bfloat16")
+
+    def load(self, spec: ModelSpec, dtype: str, checkpoint: Path, workdir: Path) -> TorchRunner:
+        folder = build_target(spec, "cerebras", workdir, BuildOptions(dtype=DType(dtype)))
+        model_py, convert = import_file(folder / "model.py"), import_file(folder / "convert.py")
+        model = model_py.Model().eval()
+        # Same API as the torch target's model (forward/start_pos, setup_cache, generate).
+        model.load_state_dict(convert.hf_to_cs(convert.load_hf(checkpoint)))
+        return TorchRunner(model)
