@@ -14,6 +14,11 @@ from typing import Any, Protocol
 from spec import DType, ModelSpec, ParallelSpec
 
 
+class OptionError(ValueError):
+    """The spec or build options ask for something this target cannot emit (a user error: the
+    CLI prints the message as one line and exits 2). Name the numbers in the message."""
+
+
 @dataclass(frozen=True)
 class BuildOptions:
     """Choices made at build time rather than in the spec."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backends import BuildOptions, get_backend
+from backends.base import OptionError
 from spec import ModelSpec
 
 from . import __version__
@@ -61,7 +62,10 @@ def render_target(spec: ModelSpec, target: str, options: BuildOptions) -> dict[s
     if unused:
         flags = ", ".join("--" + name.replace("_", "-") for name in sorted(unused))
         raise OutputError(f"target {target!r} does not take {flags}")
-    files = render_plan(spec, backend, options)
+    try:
+        files = render_plan(spec, backend, options)
+    except OptionError as exc:
+        raise OutputError(f"target {target!r}: {exc}") from exc
     files[MANIFEST] = manifest_for(spec, target, options, files)
     return dict(sorted(files.items()))
 

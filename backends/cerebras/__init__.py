@@ -10,13 +10,15 @@ import yaml
 
 from spec import DType, ModelSpec, to_hf_config
 
-from ..base import Artifact, BuildOptions, Rendered
+from ..base import Artifact, BuildOptions, OptionError, Rendered
 from .mapping import FINAL_NORM_ALIAS, GLOBAL_NAMES, LAYER_NAMES, CheckpointLayout
 
 # Schedule and logging cadence of the Model Zoo's reference LLaMA files, capped by the run length.
 CHECKPOINT_EVERY = 10_000
 LOG_EVERY = 100
 EVAL_STEPS = 100
+# Input workers per CS-X: LLM training is compute-bound, one worker keeps a system fed.
+NUM_WORKERS_PER_CSX = 1
 
 
 def yaml_scalar(value: Any) -> str:
@@ -101,6 +103,45 @@ def training_context(spec: ModelSpec) -> dict[str, Any]:
     }
 
 
+def cluster_context(spec: ModelSpec, options: BuildOptions) -> dict[str, Any]:
+    """Weight-streaming scale-out: how many CS-X systems, and each one's share of a batch.
+
+    Weight streaming keeps the weights in MemoryX and streams them to every system, so more
+    systems only ever mean data parallelism: num_csx = the parallel spec's data x fsdp degree
+    (both split the batch; the sharding that fsdp adds is what MemoryX does anyway; fsdp -1,
+    "every device left over", counts as 1). Tensor parallelism has no equivalent: refused.
+    """
+    batch = spec.training.batch_size
+    source = ""
+    num_csx = 1
+    if options.parallel is not None:
+        mesh = options.parallel.mesh
+        if mesh.tensor > 1:
+            raise OptionError(
+                f"tensor parallelism (mesh.tensor = {mesh.tensor}) has no Cerebras weight-streaming "
+                "equivalent (each CS-X runs whole layers; weights stream from MemoryX): set "
+                "mesh.tensor to 1 and scale out with data x fsdp, which becomes num_csx"
+            )
+        fsdp = max(mesh.fsdp, 1)
+        num_csx = mesh.data * fsdp
+        source = f"data {mesh.data} x fsdp {fsdp} from the parallel spec; "
+    if batch % num_csx:
+        raise OptionError(
+            f"the global batch ({batch} sequences, training.batch_size) is not divisible by "
+            f"num_csx ({num_csx}): each CS-X system must take an equal share"
+        )
+    per_csx = batch // num_csx
+    return {
+        "num_csx": num_csx,
+        "num_workers_per_csx": NUM_WORKERS_PER_CSX,
+        "batch_per_csx": per_csx,
+        "num_csx_comment": (
+            f"{source}data parallel: batch_size {batch} / {num_csx} = {per_csx} sequences "
+            f"({per_csx * spec.training.seq_len:,} tokens) per system"
+        ),
+    }
+
+
 def config_context(spec: ModelSpec) -> dict[str, Any]:
     """Both params YAMLs: the Model Zoo's model keys and the training recipe."""
     scaling = spec.rope_scaling.model_dump() if spec.rope_scaling else {"type": "none"}
@@ -130,12 +171,12 @@ class CerebrasBackend:
         "Cerebras Model Zoo params (trainer + legacy), cstorch model, train loop, converter"
     )
     template_dir = Path(__file__).parent / "templates"
-    accepts: frozenset[str] = frozenset()
+    accepts: frozenset[str] = frozenset({"parallel"})
     filters: ClassVar[dict[str, Any]] = {"yaml": yaml_scalar}
 
     def plan(self, spec: ModelSpec, options: BuildOptions) -> list[Artifact]:
         model = model_context(spec, options)
-        config = config_context(spec)
+        config = config_context(spec) | cluster_context(spec, options)
         return [
             Rendered(f"configs/params_{spec.name}.yaml", "configs/params.yaml.jinja", config),
             Rendered(

@@ -4,7 +4,7 @@
 
     python train.py --backend CSX --validate-only --synthetic   # offline compile check, no weights
     python train.py --backend CPU --steps 20 --data ./data/train # eager PyTorch behind the cstorch API
-    python train.py --backend CSX                                 # on a Cerebras cluster
+    python train.py --backend CSX                                 # on a Cerebras cluster (num_csx systems)
 
 Optimizer, learning-rate schedule, precision, gradient clipping, batch size and step count come
 from configs/params_7b.yaml (trainer layout); the model is model.py's `Model(ModelArgs())`, checked
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import cerebras.pytorch as cstorch
 import torch
@@ -143,7 +144,11 @@ def main() -> None:
     steps = cli.steps or init["loop"]["max_steps"]
     batch_size = cli.batch_size or train_data["batch_size"]
 
-    options = {"validate_only": True} if cli.validate_only else {}
+    options: dict[str, Any] = {"validate_only": True} if cli.validate_only else {}
+    if cli.backend == "CSX":  # num_csx (data-parallel systems) and input workers from the YAML
+        options["cluster_config"] = cstorch.distributed.ClusterConfig(
+            **init["backend"].get("cluster_config", {})
+        )
     backend = cstorch.backend(cli.backend, artifact_dir=str(cli.artifact_dir), **options)
     if precision["enabled"]:
         cstorch.amp.set_half_dtype(precision["fp16_type"])
