@@ -259,6 +259,8 @@ def format_table(header: list[str], rows: list[list[Any]]) -> str:
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(line.rstrip() for line in lines)
 # Target-specific commands live in their own modules, which use the helpers above.
+from .cmd_bind import bind_command  # noqa: E402
 from .cmd_convert import convert_command  # noqa: E402
 
+main.add_command(bind_command)
 main.add_command(convert_command)

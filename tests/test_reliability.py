@@ -159,7 +159,8 @@ def test_unusual_but_valid_names_produce_parseable_output(target):
         elif path.endswith(".onnx"):
             import onnx
 
-            onnx.checker.check_model(onnx.load_from_string(data))
+            graph = onnx.load_from_string(data).graph  # weights are external: parse, don't load
+            assert spec.name not in {node.op_type for node in graph.node}
 
 
 # --- interrupted builds ---------------------------------------------------------------------

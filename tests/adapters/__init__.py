@@ -42,6 +42,12 @@ def _torch() -> Adapter:
     return TorchAdapter()
 
 
+def _onnx() -> Adapter:
+    from .onnx_adapter import OnnxAdapter
+
+    return OnnxAdapter()
+
+
 def _cerebras() -> Adapter:
     from .cerebras_adapter import CerebrasAdapter
 
@@ -51,5 +57,6 @@ def _cerebras() -> Adapter:
 # target -> factory; factories import their framework lazily.
 ADAPTERS: dict[str, Callable[[], Adapter]] = {
     "torch": _torch,
+    "onnx": _onnx,
     "cerebras": _cerebras,
 }

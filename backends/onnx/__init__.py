@@ -1,0 +1,146 @@
+"""The ONNX target: prefill and KV-cache decode graphs built from the spec, weights by reference.
+
+Weights are never materialised. Without `--weights` every initializer is declared as external
+data in `model.onnx.data` (a float32 or bfloat16 layout described by the graph itself) to be
+bound later; with `--weights` each initializer points at its tensor's byte range inside the
+checkpoint's .safetensors files, so binding a 65B model reads only the headers. `--embed-weights`
+copies the checkpoint's bytes into the graphs instead (into `model.onnx.data` past 2 GB).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from spec import DType, ModelSpec
+
+from ..base import Artifact, BuildOptions, Raw, Rendered
+from .checkpoint import (
+    FLOAT_DTYPES,
+    Checkpoint,
+    CheckpointError,
+    expected_shapes,
+    open_checkpoint,
+)
+from .graph import Weight, decoder
+
+GRAPHS = {"model.onnx": False, "model_with_past.onnx": True}  # file -> with KV cache
+DATA_FILE = "model.onnx.data"
+ALIGNMENT = 4096  # external data offsets in DATA_FILE are page-aligned
+# A protobuf message is at most 2 GiB; leave room for the graph next to the weights.
+INLINE_LIMIT = 2**31 - 2**26
+SAFETENSORS_DTYPE = {DType.float32: "F32", DType.bfloat16: "BF16"}
+DTYPE_NAMES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+ORT_MIN_VERSION = "1.23"
+ORT_TESTED_VERSION = "1.31.1"
+
+__all__ = ["BACKEND", "CheckpointError", "OnnxBackend"]
+
+
+def packed(entries: list[tuple[str, str, tuple[int, ...]]]) -> dict[str, Weight]:
+    """(name, dtype, shape) laid out one after another in DATA_FILE, each at a page boundary."""
+    layout, offset = {}, 0
+    for name, dtype, shape in entries:
+        length = FLOAT_DTYPES[dtype] * math.prod(shape)
+        layout[name] = Weight(name, dtype, shape, DATA_FILE, offset, length)
+        offset += -(-length // ALIGNMENT) * ALIGNMENT
+    return layout
+
+
+def declared_weights(spec: ModelSpec, dtype: DType) -> dict[str, Weight]:
+    """Unbound: every weight declared in DATA_FILE, to be bound by a later build or `bind`."""
+    code = SAFETENSORS_DTYPE[dtype]
+    return packed([(name, code, shape) for name, shape in expected_shapes(spec).items()])
+
+
+def referenced_weights(checkpoint: Checkpoint) -> dict[str, Weight]:
+    """Bound by reference: byte ranges inside the checkpoint's files (relative to its folder)."""
+    return {
+        name: Weight(name, ref.dtype, ref.shape, ref.file, ref.offset, ref.length)
+        for name, ref in checkpoint.tensors.items()
+    }
+
+
+def embedded_weights(checkpoint: Checkpoint) -> tuple[dict[str, Weight], bytes | None]:
+    """The checkpoint's bytes in the graphs, or in DATA_FILE (returned) when they exceed 2 GB."""
+    refs = checkpoint.tensors.values()
+    if sum(ref.length for ref in refs) <= INLINE_LIMIT:
+        inline = {r.name: Weight(r.name, r.dtype, r.shape, data=checkpoint.read(r)) for r in refs}
+        return inline, None
+    layout = packed([(ref.name, ref.dtype, ref.shape) for ref in refs])
+    data = bytearray()
+    for ref in refs:
+        data += bytes(layout[ref.name].offset - len(data)) + checkpoint.read(ref)
+    return layout, bytes(data)
+
+
+def check_dtype(checkpoint: Checkpoint, dtype: DType | None) -> None:
+    """An explicit --dtype must be what the checkpoint stores: binding never converts."""
+    if dtype is None:
+        return
+    wrong = [n for n, r in checkpoint.tensors.items() if r.dtype != SAFETENSORS_DTYPE[dtype]]
+    if wrong:
+        stored = sorted({checkpoint.tensors[name].dtype for name in wrong})
+        raise CheckpointError(
+            f"--dtype {dtype.value} asked, but the checkpoint stores {', '.join(stored)} "
+            f"(e.g. {wrong[0]}); bound graphs read the checkpoint as it is: drop --dtype"
+        )
+
+
+def readme_context(spec: ModelSpec, weights: dict[str, Weight], mode: str) -> dict[str, Any]:
+    files = sorted({w.location for w in weights.values() if w.data is None})
+    return {
+        "name": spec.name,
+        "param_count_text": f"{spec.param_count:,}",
+        "vocab_size": spec.vocab_size,
+        "dim": spec.dim,
+        "n_layers": spec.n_layers,
+        "n_heads": spec.n_heads,
+        "n_kv_heads": spec.num_kv_heads,
+        "head_dim": spec.head_dim,
+        "hidden_dim": spec.hidden_dim,
+        "max_seq_len": spec.max_seq_len,
+        "tie_embeddings": spec.tie_embeddings,
+        "mode": mode,
+        "files": files,
+        "dtypes": sorted({DTYPE_NAMES[w.dtype] for w in weights.values()}),
+        "data_file": DATA_FILE,
+        "ort_min_version": ORT_MIN_VERSION,
+        "ort_tested_version": ORT_TESTED_VERSION,
+    }
+
+
+class OnnxBackend:
+    name = "onnx"
+    description = "ONNX opset 23 prefill + KV-cache graphs, weights by reference (onnxruntime)"
+    template_dir = Path(__file__).parent / "templates"
+    accepts: frozenset[str] = frozenset({"weights", "embed_weights"})
+    filters: dict[str, Any] = {}
+
+    def plan(self, spec: ModelSpec, options: BuildOptions) -> list[Artifact]:
+        data: bytes | None = None
+        if options.weights is None:
+            if options.embed_weights:
+                raise CheckpointError("--embed-weights needs --weights: there is nothing to embed")
+            mode, weights = "unbound", declared_weights(spec, options.dtype_for(spec))
+        else:
+            checkpoint = open_checkpoint(spec, options.weights)
+            check_dtype(checkpoint, options.dtype)
+            if options.embed_weights:
+                weights, data = embedded_weights(checkpoint)
+                mode = "data-file" if data is not None else "inline"
+            else:
+                mode, weights = "reference", referenced_weights(checkpoint)
+        artifacts: list[Artifact] = [
+            Raw(path, decoder(spec, weights, with_past).SerializeToString())
+            for path, with_past in GRAPHS.items()
+        ]
+        if data is not None:
+            artifacts.append(Raw(DATA_FILE, data))
+        context = readme_context(spec, weights, mode)
+        artifacts += [Rendered(path, path + ".jinja", context) for path in ("README.md", "run.py")]
+        return artifacts
+
+
+BACKEND = OnnxBackend()

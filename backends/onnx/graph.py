@@ -1,0 +1,221 @@
+"""The LLaMA decoder as ONNX graphs, built node by node from the spec (not traced).
+
+Standard-domain opset 23: RMSNormalization, RotaryEmbedding (half layout, `interleaved=0`) and
+Attention (`q_num_heads`, `kv_num_heads`, `is_causal`, past/present key and value), all of which
+onnxruntime runs on CPU. Activations are float32; weights stored in another floating dtype are
+cast to float32 in the graph. Weights keep Hugging Face's names and [out, in] layout; the graph
+transposes them. RoPE angles are computed in float64 inside the graph, so no table of
+max_seq_len rows is stored and the graph stays small at any context length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import ModelProto, NodeProto, TensorProto, ValueInfoProto, helper, numpy_helper
+
+from spec import ModelSpec
+
+OPSET = 23
+IR_VERSION = 11  # the IR version that introduced opset 23
+PRODUCER = "llama-codegen"
+ONNX_DTYPES = {"F32": TensorProto.FLOAT, "BF16": TensorProto.BFLOAT16, "F16": TensorProto.FLOAT16}
+
+# Dimension names onnxruntime-genai's model builder uses.
+BATCH, SEQ = "batch_size", "sequence_length"
+PAST, TOTAL = "past_sequence_length", "total_sequence_length"
+
+
+@dataclass(frozen=True)
+class Weight:
+    """One initializer: bytes inline (`data`), or `length` bytes at `offset` of file `location`
+    (relative to the folder the graph's external data is resolved against)."""
+
+    name: str
+    dtype: str  # safetensors code: F32, BF16, F16
+    shape: tuple[int, ...]
+    location: str = ""
+    offset: int = 0
+    length: int = 0
+    data: bytes | None = None
+
+    def tensor(self) -> TensorProto:
+        tensor = TensorProto(name=self.name, data_type=ONNX_DTYPES[self.dtype], dims=self.shape)
+        if self.data is not None:
+            tensor.raw_data = self.data
+            return tensor
+        tensor.data_location = TensorProto.EXTERNAL
+        entries = {"location": self.location, "offset": self.offset, "length": self.length}
+        for key, value in entries.items():
+            tensor.external_data.add(key=key, value=str(value))
+        return tensor
+
+
+class GraphBuilder:
+    """Nodes in topological order; every node is named after its (first) output."""
+
+    def __init__(self) -> None:
+        self.nodes: list[NodeProto] = []
+        self.initializers: list[TensorProto] = []
+
+    def op(self, op_type: str, inputs: list[str], output: str, **attrs: object) -> str:
+        return self.ops(op_type, inputs, [output], **attrs)[0]
+
+    def ops(
+        self, op_type: str, inputs: list[str], outputs: list[str], **attrs: object
+    ) -> list[str]:
+        self.nodes.append(helper.make_node(op_type, inputs, outputs, name=outputs[0], **attrs))
+        return outputs
+
+    def constant(self, name: str, value: np.ndarray) -> str:
+        self.initializers.append(numpy_helper.from_array(value, name))
+        return name
+
+    def weight(self, weight: Weight) -> str:
+        """The initializer, as a float32 value (cast in the graph when stored otherwise)."""
+        self.initializers.append(weight.tensor())
+        if weight.dtype == "F32":
+            return weight.name
+        return self.op("Cast", [weight.name], weight.name + ".float32", to=TensorProto.FLOAT)
+
+    def rms_norm(self, x: str, weight: str, eps: float, output: str) -> str:
+        """x * rsqrt(mean(x^2) + eps) * weight over the last axis, computed in float32."""
+        return self.op("RMSNormalization", [x, weight], output, axis=-1, epsilon=eps)
+
+    def rope(self, x: str, tables: tuple[str, str], heads: int, output: str) -> str:
+        """Rotate pairs (i, i + head_dim/2) of each head of x (B, T, heads * head_dim)."""
+        return self.op("RotaryEmbedding", [x, *tables], output, interleaved=0, num_heads=heads)
+
+    def linear(self, x: str, weight: str, output: str) -> str:
+        """x @ weight.T for a Hugging Face [out, in] weight."""
+        transposed = self.op("Transpose", [weight], weight + ".T", perm=[1, 0])
+        return self.op("MatMul", [x, transposed], output)
+
+
+def tensor_info(name: str, dtype: int, shape: list[int | str]) -> ValueInfoProto:
+    return helper.make_tensor_value_info(name, dtype, shape)
+
+
+def inv_frequencies(spec: ModelSpec) -> np.ndarray:
+    return np.array(spec.rope_inv_freq(), dtype=np.float64)
+
+
+def rope_tables(g: GraphBuilder, spec: ModelSpec, with_past: bool) -> tuple[str, str]:
+    """cos and sin (batch, seq, head_dim / 2) at the new tokens' positions, past_len onwards."""
+    one = g.constant("one", np.array(1, dtype=np.int64))
+    seq_len = g.op("Shape", ["input_ids"], "seq_len", start=1, end=2)  # [seq]
+    if with_past:
+        start = g.op("Shape", ["past_key_values.0.key"], "past_len", start=2, end=3)  # [past]
+        end = g.op("Add", [start, seq_len], "total_len")
+        first = g.op("Squeeze", [start], "first_position")
+    else:
+        end = seq_len
+        first = g.constant("zero", np.array(0, dtype=np.int64))
+    last = g.op("Squeeze", [end], "end_position")
+    positions = g.op("Range", [first, last, one], "positions")  # (seq,)
+    positions = g.op("Cast", [positions], "positions.float64", to=TensorProto.DOUBLE)
+    axis_1 = g.constant("axis_1", np.array([1], dtype=np.int64))
+    positions = g.op("Unsqueeze", [positions, axis_1], "positions.column")  # (seq, 1)
+    inv_freq = g.constant("rope.inv_freq", inv_frequencies(spec))  # (head_dim / 2,), float64
+    angles = g.op("Mul", [positions, inv_freq], "rope.angles")  # (seq, head_dim / 2), float64
+    input_shape = g.op("Shape", ["input_ids"], "input_shape")  # [batch, seq]
+    half = g.constant("rope.half", np.array([spec.head_dim // 2], dtype=np.int64))
+    table_shape = g.op("Concat", [input_shape, half], "rope.shape", axis=0)
+    axis_0 = g.constant("axis_0", np.array([0], dtype=np.int64))
+    tables = []
+    for fn in ("Cos", "Sin"):
+        name = "rope." + fn.lower()
+        table = g.op(fn, [angles], name + ".float64")
+        table = g.op("Cast", [table], name + ".float32", to=TensorProto.FLOAT)
+        table = g.op("Unsqueeze", [table, axis_0], name + ".row")  # (1, seq, head_dim / 2)
+        tables.append(g.op("Expand", [table, table_shape], name))  # (batch, seq, head_dim / 2)
+    return tables[0], tables[1]
+
+
+def attention(
+    g: GraphBuilder,
+    spec: ModelSpec,
+    i: int,
+    w: dict[str, str],
+    x: str,
+    rope: tuple[str, str],
+    with_past: bool,
+) -> str:
+    """x + o_proj(attention(rope(q), rope(k), v)) for layer i; with_past reads and extends the
+    layer's KV cache (past_key_values.{i}.* -> present.{i}.*)."""
+    p, out = f"model.layers.{i}.", f"layers.{i}."
+    h = g.rms_norm(x, w[p + "input_layernorm.weight"], spec.norm_eps, out + "attn_norm")
+    q = g.linear(h, w[p + "self_attn.q_proj.weight"], out + "q")  # (B, T, n_heads * head_dim)
+    k = g.linear(h, w[p + "self_attn.k_proj.weight"], out + "k")  # (B, T, kv_heads * head_dim)
+    v = g.linear(h, w[p + "self_attn.v_proj.weight"], out + "v")
+    q = g.rope(q, rope, spec.n_heads, out + "q_rope")
+    k = g.rope(k, rope, spec.num_kv_heads, out + "k_rope")
+    cache_in = ["", f"past_key_values.{i}.key", f"past_key_values.{i}.value"] if with_past else []
+    cache_out = [f"present.{i}.key", f"present.{i}.value"] if with_past else []
+    y = g.ops(
+        "Attention",
+        [q, k, v, *cache_in],
+        [out + "attn", *cache_out],
+        is_causal=1,  # aligned to the end: new token t sees the past and new tokens up to t
+        q_num_heads=spec.n_heads,
+        kv_num_heads=spec.num_kv_heads,
+        scale=float(1 / np.sqrt(spec.head_dim)),
+    )[0]  # (B, T, n_heads * head_dim)
+    y = g.linear(y, w[p + "self_attn.o_proj.weight"], out + "attn_out")
+    return g.op("Add", [x, y], out + "attn_residual")
+
+
+def mlp(g: GraphBuilder, spec: ModelSpec, i: int, w: dict[str, str], x: str) -> str:
+    """x + down(silu(gate(h)) * up(h)) with h = RMSNorm(x), for layer i."""
+    p, out = f"model.layers.{i}.", f"layers.{i}."
+    h = g.rms_norm(x, w[p + "post_attention_layernorm.weight"], spec.norm_eps, out + "mlp_norm")
+    gate = g.linear(h, w[p + "mlp.gate_proj.weight"], out + "gate")  # (B, T, hidden_dim)
+    up = g.linear(h, w[p + "mlp.up_proj.weight"], out + "up")
+    silu = g.op("Mul", [gate, g.op("Sigmoid", [gate], out + "gate_sigmoid")], out + "silu")
+    y = g.linear(
+        g.op("Mul", [silu, up], out + "swiglu"), w[p + "mlp.down_proj.weight"], out + "mlp_out"
+    )
+    return g.op("Add", [x, y], out + "mlp_residual")
+
+
+def decoder(spec: ModelSpec, weights: dict[str, Weight], with_past: bool) -> ModelProto:
+    """input_ids (batch, seq) -> logits (batch, seq, vocab); with_past also takes and returns the
+    KV cache, past_key_values.{i}.key/value -> present.{i}.key/value, each of shape
+    (batch, kv_heads, length, head_dim)."""
+    g = GraphBuilder()
+    w = {name: g.weight(weight) for name, weight in weights.items()}
+    rope = rope_tables(g, spec, with_past)
+    x = g.op("Gather", [w["model.embed_tokens.weight"], "input_ids"], "embeddings", axis=0)
+    for i in range(spec.n_layers):
+        x = mlp(g, spec, i, w, attention(g, spec, i, w, x, rope, with_past))
+    x = g.rms_norm(x, w["model.norm.weight"], spec.norm_eps, "final_norm")
+    head = "model.embed_tokens.weight" if spec.tie_embeddings else "lm_head.weight"
+    g.linear(x, w[head], "logits")  # (B, T, vocab)
+
+    kv, hd = spec.num_kv_heads, spec.head_dim
+    inputs = [tensor_info("input_ids", TensorProto.INT64, [BATCH, SEQ])]
+    outputs = [tensor_info("logits", TensorProto.FLOAT, [BATCH, SEQ, spec.vocab_size])]
+    for i in range(spec.n_layers if with_past else 0):
+        for kind in ("key", "value"):
+            inputs.append(
+                tensor_info(f"past_key_values.{i}.{kind}", TensorProto.FLOAT, [BATCH, kv, PAST, hd])
+            )
+            outputs.append(
+                tensor_info(f"present.{i}.{kind}", TensorProto.FLOAT, [BATCH, kv, TOTAL, hd])
+            )
+    kind = "decode with KV cache" if with_past else "prefill"
+    graph = helper.make_graph(
+        g.nodes,
+        f"llama_{spec.name}_{'with_past' if with_past else 'prefill'}",
+        inputs,
+        outputs,
+        initializer=g.initializers,
+        doc_string=f"LLaMA {spec.name} ({spec.param_count:,} parameters), {kind}; float32.",
+    )
+    return helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        ir_version=IR_VERSION,
+        producer_name=PRODUCER,
+    )

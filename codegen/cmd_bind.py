@@ -1,0 +1,58 @@
+"""`python -m codegen bind FOLDER --weights CHECKPOINT`: bind built ONNX graphs to a checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from pydantic import ValidationError
+
+from backends import BuildOptions
+from spec import ModelSpec
+
+from .build import MANIFEST, OutputError, render_target, write_atomically
+
+EPILOG_BIND = """\b
+Examples:
+  python -m codegen build --size 7b --target onnx --out out/
+  python -m codegen bind out/onnx --weights Llama-2-7b-hf/
+  python -m codegen bind out/onnx --weights tiny-model/ --embed-weights
+"""
+
+
+@click.command("bind", epilog=EPILOG_BIND)
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option(
+    "--weights",
+    type=click.Path(path_type=Path, exists=True),
+    required=True,
+    help="A Hugging Face safetensors checkpoint folder (or one .safetensors file).",
+)
+@click.option("--embed-weights", is_flag=True, help="Copy the weights into the graphs instead.")
+def bind_command(folder: Path, weights: Path, embed_weights: bool) -> None:
+    """Bind the ONNX graphs in FOLDER to a checkpoint, by reference: nothing is copied.
+
+    FOLDER is the output of `build --target onnx`; its manifest names the spec. The graphs are
+    rebuilt with every initializer pointing at its tensor's bytes in the checkpoint's
+    .safetensors files, after every name, shape and dtype is checked against the spec.
+    """
+    from backends.onnx import CheckpointError
+
+    from .cli import UserError
+
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        spec = ModelSpec.model_validate(manifest["spec"])
+        target = manifest["target"]
+    except (OSError, ValueError, KeyError, TypeError, ValidationError):
+        raise UserError(f"{folder}: no readable {MANIFEST}; is it an ONNX build?") from None
+    if target != "onnx":
+        raise UserError(f"{folder} holds a {target!r} build; bind takes an ONNX build")
+    options = BuildOptions(weights=weights, embed_weights=embed_weights)
+    try:
+        changed = write_atomically(folder, render_target(spec, "onnx", options))
+    except (CheckpointError, OutputError) as exc:
+        raise UserError(str(exc)) from None
+    how = "embedded" if embed_weights else "by reference"
+    click.echo(f"{'bound' if changed else 'unchanged'} {folder} to {weights} ({how})")

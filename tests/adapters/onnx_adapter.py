@@ -1,0 +1,66 @@
+"""The ONNX target in the equivalence harness: graphs bound to the checkpoint by reference, run
+by onnxruntime on CPU through the emitted run.py (forward: model.onnx; decode and generate:
+model_with_past.onnx)."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+from backends import BuildOptions
+from spec import ModelSpec
+from tests.support import build_target
+
+_module_ids = itertools.count()
+
+
+def import_run_script(folder: Path) -> ModuleType:
+    """The emitted run.py as a module (it is a script, not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        f"onnx_run_{next(_module_ids)}", folder / "run.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class OnnxRunner:
+    def __init__(self, folder: Path, weights: Path):
+        self.run = import_run_script(folder)
+        self.prefill = self.run.load_session("model.onnx", weights)
+        self.with_past = self.run.load_session("model_with_past.onnx", weights)
+
+    def forward(self, tokens: np.ndarray) -> np.ndarray:
+        return self.prefill.run(["logits"], {"input_ids": tokens.astype(np.int64)})[0]
+
+    def decode(self, tokens: np.ndarray, prefill: int) -> np.ndarray:
+        tokens = tokens.astype(np.int64)
+        names = [output.name for output in self.with_past.get_outputs()]
+        feeds = {"input_ids": tokens[:, :prefill], **self.run.empty_cache(tokens.shape[0])}
+        steps = []
+        for t in range(prefill, tokens.shape[1] + 1):
+            logits, *present = self.with_past.run(names, feeds)
+            steps.append(logits)
+            past = {
+                n.replace("present", "past_key_values"): v
+                for n, v in zip(names[1:], present, strict=True)
+            }
+            feeds = {"input_ids": tokens[:, t : t + 1], **past}
+        return np.concatenate(steps, axis=1)
+
+    def generate(self, tokens: np.ndarray, max_new_tokens: int) -> np.ndarray:
+        return self.run.generate(self.with_past, tokens, max_new_tokens)
+
+
+class OnnxAdapter:
+    target = "onnx"
+    dtypes = ("float32",)  # the graphs compute in float32 whatever the weights' storage dtype
+
+    def load(self, spec: ModelSpec, dtype: str, checkpoint: Path, workdir: Path) -> OnnxRunner:
+        folder = build_target(spec, "onnx", workdir, BuildOptions(weights=checkpoint))
+        return OnnxRunner(folder, checkpoint)
