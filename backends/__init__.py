@@ -8,6 +8,7 @@ from .base import Artifact, Backend, BuildOptions, Raw, Rendered
 
 TARGETS: dict[str, str] = {
     "torch": "backends.torch",
+    "jax": "backends.jax",
     "onnx": "backends.onnx",
     "cerebras": "backends.cerebras",
 }

@@ -8,32 +8,57 @@ Baseline: the memory a traced export would need just to hold the float32 weights
 
 from __future__ import annotations
 
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 
-from benchmarks.common import ROOT, Row, format_rows
+from common import ROOT, Row, format_rows
+
 from spec import get_preset
+
+BUILD = """
+import sys, time
+from pathlib import Path
+from codegen.cli import main
+started = time.perf_counter()
+main(["build", "--size", "65b", "--target", "all", "--out", sys.argv[1]], standalone_mode=False)
+seconds = time.perf_counter() - started
+status = Path("/proc/self/status").read_text()
+peak_kib = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
+print(seconds, peak_kib)
+"""
 
 
 def rows() -> list[Row]:
+    """Peak RSS is VmHWM: ru_maxrss would carry the parent's peak across exec on Linux."""
     spec = get_preset("65b")
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", "codegen", "build", "--size", "65b", "--target", "all",
-             "--out", tmp],  # fmt: skip
-            cwd=ROOT, check=True, capture_output=True,
+        completed = subprocess.run(
+            [sys.executable, "-c", BUILD, tmp], cwd=ROOT, check=True, capture_output=True,
+            text=True,
         )  # fmt: skip
-        seconds = time.perf_counter() - started
-    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        wall = time.perf_counter() - started
+    _, peak_kib = completed.stdout.split()[-2:]
     weights_mib = spec.weight_bytes_fp32 / 2**20
     return [
-        Row("build 65b, all targets: wall", seconds, 5.0, "target", "s", higher_is_better=False),
-        Row("build 65b, all targets: peak RSS", peak_mib, weights_mib, "fp32 weights",
-            "MiB", higher_is_better=False),  # fmt: skip
+        Row(
+            "build 65b, all targets: wall (incl. start-up)",
+            wall,
+            5.0,
+            "target",
+            "s",
+            higher_is_better=False,
+        ),  # fmt: skip
+        Row(
+            "build 65b, all targets: peak RSS",
+            int(peak_kib) / 1024,
+            weights_mib,
+            "fp32 weights",
+            "MiB",
+            higher_is_better=False,
+        ),  # fmt: skip
     ]
 
 

@@ -13,18 +13,19 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
-
-from benchmarks.common import (
+from common import (
     BATCH,
     BENCH_SPEC,
     SEQ,
     Row,
-    best_time,
     format_rows,
+    in_turns,
     measured_bandwidth,
     measured_gemm_flops,
+    timed,
 )
+from transformers import LlamaConfig, LlamaForCausalLM
+
 from spec import ModelSpec, to_hf_config
 from tests.support import build_target, import_package
 
@@ -52,11 +53,14 @@ def rows() -> list[Row]:
     spec = ModelSpec(**BENCH_SPEC)
     with tempfile.TemporaryDirectory() as tmp:
         ours, theirs = models(spec, Path(tmp))
-    ids = torch.randint(0, spec.vocab_size, (BATCH, SEQ), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(
+        0, spec.vocab_size, (BATCH, SEQ), generator=torch.Generator().manual_seed(0)
+    )
     gemm = measured_gemm_flops()
     with torch.inference_mode():
-        t_ours = best_time(lambda: ours(ids), repeat=5)
-        t_theirs = best_time(lambda: theirs(ids).logits, repeat=5)
+        seconds = in_turns({"ours": timed(lambda: ours(ids)),
+                            "theirs": timed(lambda: theirs(ids).logits)}, repeat=5)  # fmt: skip
+    t_ours, t_theirs = seconds["ours"], seconds["theirs"]
     tokens = BATCH * SEQ
     prefill = Row(
         "CPU prefill fp32 4x256", tokens / t_ours, tokens / t_theirs, "transformers sdpa",
@@ -66,14 +70,14 @@ def rows() -> list[Row]:
     prompt = ids[:1, :PROMPT]
     mask = torch.ones_like(prompt)
     with torch.inference_mode():
-        t_ours = best_time(lambda: ours.generate(prompt, NEW_TOKENS), repeat=3)
-        t_theirs = best_time(
-            lambda: theirs.generate(
+        seconds = in_turns({
+            "ours": timed(lambda: ours.generate(prompt, NEW_TOKENS)),
+            "theirs": timed(lambda: theirs.generate(
                 prompt, attention_mask=mask, max_new_tokens=NEW_TOKENS,
                 min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0,
-            ),
-            repeat=3,
-        )  # fmt: skip
+            )),
+        }, repeat=3)  # fmt: skip
+    t_ours, t_theirs = seconds["ours"], seconds["theirs"]
     # Each decode step reads every weight except the embedding table (one row of it).
     weight_bytes = 4 * (spec.param_count - spec.vocab_size * spec.dim * (not spec.tie_embeddings))
     limit = measured_bandwidth() / weight_bytes

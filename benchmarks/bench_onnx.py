@@ -20,46 +20,32 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
-
-from common import BATCH, BENCH_SPEC, SEQ, Row, format_rows, machine_line
-from common import measured_bandwidth, measured_gemm_flops
 
 import numpy as np
 import onnxruntime as ort
 import torch
+from common import (
+    BATCH,
+    BENCH_SPEC,
+    SEQ,
+    Row,
+    format_rows,
+    in_turns,
+    machine_line,
+    measured_bandwidth,
+    measured_gemm_flops,
+    timed,
+)
 
 from backends import BuildOptions
 from spec import ModelSpec
 from tests import oracle
 from tests.adapters.onnx_adapter import import_run_script
 from tests.support import build_target, import_package, random_weights, save_hf_checkpoint
-
-
-def in_turns(contenders: dict[str, Callable[[], float]], repeat: int) -> dict[str, float]:
-    """Median seconds of each contender (each returns the seconds of its timed part), run in
-    turns after one warm-up round."""
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for round_ in range(repeat + 1):
-        for name, contender in contenders.items():
-            seconds = contender()
-            if round_:
-                times[name].append(seconds)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
-def timed(fn: Callable[[], object]) -> Callable[[], float]:
-    def run() -> float:
-        started = time.perf_counter()
-        fn()
-        return time.perf_counter() - started
-
-    return run
 
 
 def cache_feeds(names: list[str], outputs: list[np.ndarray]) -> dict[str, np.ndarray]:
@@ -71,13 +57,8 @@ def cache_feeds(names: list[str], outputs: list[np.ndarray]) -> dict[str, np.nda
     return {"input_ids": logits[:, -1:].argmax(-1), **past}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--decode-steps", type=int, default=32)
-    parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
+def rows(steps: int = 32, repeat: int = 5) -> list[Row]:
     spec = ModelSpec(**BENCH_SPEC)
-    steps, repeat = args.decode_steps, args.repeat
     ids = np.random.default_rng(0).integers(0, spec.vocab_size, (BATCH, SEQ))
     torch_ids = torch.from_numpy(ids)
     work = Path(tempfile.mkdtemp())  # the checkpoint outlives every session reading it
@@ -134,7 +115,7 @@ def main() -> None:
     flops = 2 * spec.param_count * BATCH * SEQ + 2 * spec.n_layers * BATCH * SEQ * SEQ * spec.dim
     gemm, bandwidth = measured_gemm_flops(), measured_bandwidth()
     prefill_tokens, decode_tokens = BATCH * SEQ, BATCH * steps
-    rows = [
+    table = [
         Row(
             f"prefill B{BATCH}xT{SEQ}",
             prefill_tokens / prefill_s["ours"],
@@ -148,19 +129,27 @@ def main() -> None:
             ("export", "ORT on torch.onnx.export"),
         )
     ]
-    rows.append(Row(
+    table.append(Row(
         f"decode B{BATCH}, {steps} steps after {SEQ}", decode_tokens / decode_s["ours"],
         decode_tokens / decode_s["torch"], "torch eager, emitted, KV cache", "tok/s",
         limit_share=4 * spec.param_count * steps / decode_s["ours"] / bandwidth,
     ))  # fmt: skip
-    print(f"ONNX target (onnxruntime {ort.__version__}, CPU) on {machine_line()}")
-    print(f"spec: {BENCH_SPEC}, {spec.param_count:,} parameters, float32")
-    print(format_rows(rows))
-    print(
-        f"% of limit: prefill FLOP/s over a measured {gemm / 1e9:.0f} GFLOP/s GEMM; decode "
-        f"float32 weight bytes read per second over a measured {bandwidth / 1e9:.1f} GB/s."
-    )
     shutil.rmtree(work)
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--decode-steps", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    print(f"ONNX target (onnxruntime {ort.__version__}, CPU) on {machine_line()}")
+    print(f"spec: {BENCH_SPEC}, float32")
+    print(format_rows(rows(args.decode_steps, args.repeat)))
+    print(
+        "% of limit: prefill FLOP/s over the measured float32 GEMM rate; decode float32 weight "
+        "bytes read per second over the measured memory bandwidth."
+    )
 
 
 if __name__ == "__main__":

@@ -39,6 +39,29 @@ class Row:
         return self.ours / self.baseline if self.higher_is_better else self.baseline / self.ours
 
 
+def timed(fn: Callable[[], object]) -> Callable[[], float]:
+    """A contender for `in_turns` that times the whole call."""
+
+    def run() -> float:
+        started = time.perf_counter()
+        fn()
+        return time.perf_counter() - started
+
+    return run
+
+
+def in_turns(contenders: dict[str, Callable[[], float]], repeat: int) -> dict[str, float]:
+    """Median seconds of each contender (each returns the seconds of its timed part), run in
+    turns after one warm-up round, so a machine busy with other work slows every one alike."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for round_ in range(repeat + 1):
+        for name, contender in contenders.items():
+            seconds = contender()
+            if round_:
+                times[name].append(seconds)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def best_time(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
     """Median wall time of `repeat` runs after `warmup` runs, in seconds."""
     for _ in range(warmup):

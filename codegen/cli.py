@@ -261,6 +261,8 @@ def format_table(header: list[str], rows: list[list[Any]]) -> str:
 # Target-specific commands live in their own modules, which use the helpers above.
 from .cmd_bind import bind_command  # noqa: E402
 from .cmd_convert import convert_command  # noqa: E402
+from .cmd_verify import verify_command  # noqa: E402
 
 main.add_command(bind_command)
 main.add_command(convert_command)
+main.add_command(verify_command)

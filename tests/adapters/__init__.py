@@ -42,6 +42,12 @@ def _torch() -> Adapter:
     return TorchAdapter()
 
 
+def _jax() -> Adapter:
+    from .jax_adapter import JaxAdapter
+
+    return JaxAdapter()
+
+
 def _onnx() -> Adapter:
     from .onnx_adapter import OnnxAdapter
 
@@ -57,6 +63,7 @@ def _cerebras() -> Adapter:
 # target -> factory; factories import their framework lazily.
 ADAPTERS: dict[str, Callable[[], Adapter]] = {
     "torch": _torch,
+    "jax": _jax,
     "onnx": _onnx,
     "cerebras": _cerebras,
 }
