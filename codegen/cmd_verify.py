@@ -46,10 +46,33 @@ def run_jax(folder: Path, checkpoint: Path, tokens: np.ndarray) -> np.ndarray:
     return np.asarray(jax.jit(package.forward)(package.load_checkpoint(checkpoint), tokens))
 
 
+def run_onnx(folder: Path, checkpoint: Path, tokens: np.ndarray) -> np.ndarray:
+    """The folder's graphs bound by reference to the checkpoint (what `codegen bind` does)."""
+    from backends import BuildOptions
+    from tests.adapters.onnx_adapter import OnnxRunner
+
+    from .build import render_target, write_atomically
+
+    spec = ModelSpec.model_validate(json.loads((folder / MANIFEST).read_text())["spec"])
+    with tempfile.TemporaryDirectory() as tmp:
+        bound = Path(tmp) / "onnx"
+        write_atomically(bound, render_target(spec, "onnx", BuildOptions(weights=checkpoint)))
+        return OnnxRunner(bound, checkpoint).forward(tokens)
+
+
+def run_cerebras(folder: Path, checkpoint: Path, tokens: np.ndarray) -> np.ndarray:
+    """The Cerebras model.py holding the checkpoint converted by the folder's convert.py."""
+    from tests.adapters.cerebras_adapter import load_emitted
+
+    return load_emitted(folder, checkpoint).forward(tokens)
+
+
 # target -> runner: (emitted folder, HF checkpoint folder, int64 tokens (B, T)) -> logits (B, T, V)
 RUNNERS: dict[str, Callable[[Path, Path, np.ndarray], np.ndarray]] = {
     "torch": run_torch,
     "jax": run_jax,
+    "onnx": run_onnx,
+    "cerebras": run_cerebras,
 }
 
 

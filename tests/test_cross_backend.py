@@ -134,12 +134,12 @@ def test_verify_command_runs_every_emitted_backend_and_fails_a_wrong_one(tmp_pat
     from spec import get_preset
 
     spec = get_preset("tiny-gqa")
-    for target in ("torch", "jax"):
+    for target in ("torch", "jax", "onnx", "cerebras"):
         build_target(spec, target, tmp_path / "out")
     result = CliRunner().invoke(main, ["verify", str(tmp_path / "out"), "--seq", "40"])
     assert result.exit_code == 0, result.output
     rows = {line.split()[0]: line for line in result.output.splitlines()[3:]}
-    assert rows.keys() == {"torch", "jax"}
+    assert rows.keys() == {"torch", "jax", "onnx", "cerebras"}
     assert all("float32" in row and "pass" in row for row in rows.values()), result.output
 
     model = tmp_path / "out" / "jax" / "model.py"  # a small, real bug: the RMSNorm epsilon

@@ -34,8 +34,13 @@ class CerebrasAdapter:
 
     def load(self, spec: ModelSpec, dtype: str, checkpoint: Path, workdir: Path) -> TorchRunner:
         folder = build_target(spec, "cerebras", workdir, BuildOptions(dtype=DType(dtype)))
-        model_py, convert = import_file(folder / "model.py"), import_file(folder / "convert.py")
-        model = model_py.Model().eval()
-        # Same API as the torch target's model (forward/start_pos, setup_cache, generate).
-        model.load_state_dict(convert.hf_to_cs(convert.load_hf(checkpoint)))
-        return TorchRunner(model)
+        return load_emitted(folder, checkpoint)
+
+
+def load_emitted(folder: Path, checkpoint: Path) -> TorchRunner:
+    """An emitted Cerebras folder's model holding an HF checkpoint, through its convert.py."""
+    model_py, convert = import_file(folder / "model.py"), import_file(folder / "convert.py")
+    model = model_py.Model().eval()
+    # Same API as the torch target's model (forward/start_pos, setup_cache, generate).
+    model.load_state_dict(convert.hf_to_cs(convert.load_hf(checkpoint)))
+    return TorchRunner(model)
