@@ -8,6 +8,7 @@ as they are. RoPE uses the half layout (pairs (i, i + head_dim/2)), from real co
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -102,25 +103,36 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # (B, heads, T, head_dim)
         if self.kv_cache is not None:
-            k, v = self.kv_cache.update(start_pos, k, v)  # (B, n_kv_heads, start_pos + T, head_dim)
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=causal_mask(start_pos, T, x.device),
-            is_causal=start_pos == 0 and T > 1,
-            enable_gqa=self.n_kv_heads != self.n_heads,
-        )  # (B, n_heads, T, head_dim)
+            cached_k, cached_v = self.kv_cache.update(start_pos, k, v)
+        if start_pos == 0:  # nothing before these tokens: fused causal SDPA on them alone
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=T > 1, enable_gqa=self.n_kv_heads != self.n_heads
+            )  # (B, n_heads, T, head_dim)
+        else:
+            y = attend_cached(q, cached_k, cached_v, start_pos)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
-def causal_mask(start_pos: int, T: int, device: torch.device) -> Tensor | None:
-    """Mask for T new queries after start_pos cached keys; None where SDPA needs none."""
-    if start_pos == 0 or T == 1:
-        return None  # prefill uses is_causal; one new query sees every key
-    keys = torch.arange(start_pos + T, device=device)
-    queries = torch.arange(start_pos, start_pos + T, device=device)
-    return keys[None, :] <= queries[:, None]  # (T, start_pos + T)
+def attend_cached(q: Tensor, k: Tensor, v: Tensor, start_pos: int) -> Tensor:
+    """Queries (B, n_heads, T, head_dim) at positions start_pos.. over cached keys and values
+    (B, n_kv_heads, start_pos + T, head_dim), softmax in float32.
+
+    A plain matmul-softmax: SDPA's CPU kernel is slow on the cache's strided slices. Each key/value
+    head serves n_heads / n_kv_heads consecutive query heads; grouping them as rows avoids copies.
+    """
+    B, n_heads, T, head_dim = q.shape
+    n_kv_heads, S = k.shape[1], k.shape[2]
+    groups = n_heads // n_kv_heads
+    q = q.reshape(B, n_kv_heads, groups * T, head_dim)  # rows: (group, query)
+    scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(
+        head_dim
+    )  # (B, n_kv_heads, groups * T, S)
+    if T > 1:
+        keys = torch.arange(S, device=q.device)
+        queries = torch.arange(start_pos, start_pos + T, device=q.device).repeat(groups)
+        scores = scores.masked_fill(keys[None, :] > queries[:, None], float("-inf"))
+    y = F.softmax(scores, dim=-1).type_as(v) @ v  # (B, n_kv_heads, groups * T, head_dim)
+    return y.view(B, n_heads, T, head_dim)
 
 
 class MLP(nn.Module):
