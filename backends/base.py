@@ -43,6 +43,28 @@ class BuildOptions:
         return described
 
 
+def spec_context(spec: ModelSpec, options: BuildOptions) -> dict[str, Any]:
+    """The spec's values as every target's templates print them."""
+    return {
+        "name": spec.name,
+        "param_count_text": f"{spec.param_count:,}",
+        "vocab_size": spec.vocab_size,
+        "dim": spec.dim,
+        "n_layers": spec.n_layers,
+        "n_heads": spec.n_heads,
+        "n_kv_heads": spec.num_kv_heads,
+        "head_dim": spec.head_dim,
+        "hidden_dim": spec.hidden_dim,
+        "norm_eps": spec.norm_eps,
+        "rope_theta": spec.rope_theta,
+        "rope_scaling": spec.rope_scaling.model_dump() if spec.rope_scaling else {"type": "none"},
+        "max_seq_len": spec.max_seq_len,
+        "tie_embeddings": spec.tie_embeddings,
+        "dtype": options.dtype_for(spec).value,
+        "init_std": spec.init_std,
+    }
+
+
 @dataclass(frozen=True)
 class Rendered:
     """A file produced by rendering `template` (relative to the backend's template folder)."""

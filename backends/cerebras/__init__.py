@@ -10,7 +10,7 @@ import yaml
 
 from spec import DType, ModelSpec, to_hf_config
 
-from ..base import Artifact, BuildOptions, OptionError, Rendered
+from ..base import Artifact, BuildOptions, OptionError, Rendered, spec_context
 from .mapping import FINAL_NORM_ALIAS, GLOBAL_NAMES, LAYER_NAMES, CheckpointLayout
 
 # Schedule and logging cadence of the Model Zoo's reference LLaMA files, capped by the run length.
@@ -42,24 +42,7 @@ def tokens_text(tokens: int) -> str:
 
 def model_context(spec: ModelSpec, options: BuildOptions) -> dict[str, Any]:
     """The spec's values as model.py and convert.py print them."""
-    scaling = spec.rope_scaling.model_dump() if spec.rope_scaling else {"type": "none"}
-    return {
-        "name": spec.name,
-        "param_count_text": f"{spec.param_count:,}",
-        "vocab_size": spec.vocab_size,
-        "dim": spec.dim,
-        "n_layers": spec.n_layers,
-        "n_heads": spec.n_heads,
-        "n_kv_heads": spec.num_kv_heads,
-        "head_dim": spec.head_dim,
-        "hidden_dim": spec.hidden_dim,
-        "norm_eps": spec.norm_eps,
-        "rope_theta": spec.rope_theta,
-        "rope_scaling": scaling,
-        "max_seq_len": spec.max_seq_len,
-        "tie_embeddings": spec.tie_embeddings,
-        "dtype": options.dtype_for(spec).value,
-        "init_std": spec.init_std,
+    return spec_context(spec, options) | {
         "layer_names": LAYER_NAMES,
         "global_names": GLOBAL_NAMES,
         "final_norm_alias": FINAL_NORM_ALIAS,
@@ -72,7 +55,7 @@ def training_context(spec: ModelSpec) -> dict[str, Any]:
     t = spec.training
     decay_steps = t.total_steps - t.warmup_steps
     if decay_steps <= 0:
-        raise ValueError(
+        raise OptionError(
             f"training.warmup_steps ({t.warmup_steps}) must be below the run's "
             f"{t.total_steps} steps (total_tokens / batch_tokens)"
         )

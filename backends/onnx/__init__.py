@@ -15,7 +15,7 @@ from typing import Any
 
 from spec import DType, ModelSpec
 
-from ..base import Artifact, BuildOptions, Raw, Rendered
+from ..base import Artifact, BuildOptions, Raw, Rendered, spec_context
 from .checkpoint import (
     FLOAT_DTYPES,
     Checkpoint,
@@ -88,20 +88,11 @@ def check_dtype(checkpoint: Checkpoint, dtype: DType | None) -> None:
         )
 
 
-def readme_context(spec: ModelSpec, weights: dict[str, Weight], mode: str) -> dict[str, Any]:
+def readme_context(
+    spec: ModelSpec, options: BuildOptions, weights: dict[str, Weight], mode: str
+) -> dict[str, Any]:
     files = sorted({w.location for w in weights.values() if w.data is None})
-    return {
-        "name": spec.name,
-        "param_count_text": f"{spec.param_count:,}",
-        "vocab_size": spec.vocab_size,
-        "dim": spec.dim,
-        "n_layers": spec.n_layers,
-        "n_heads": spec.n_heads,
-        "n_kv_heads": spec.num_kv_heads,
-        "head_dim": spec.head_dim,
-        "hidden_dim": spec.hidden_dim,
-        "max_seq_len": spec.max_seq_len,
-        "tie_embeddings": spec.tie_embeddings,
+    return spec_context(spec, options) | {
         "mode": mode,
         "files": files,
         "dtypes": sorted({DTYPE_NAMES[w.dtype] for w in weights.values()}),
@@ -138,7 +129,7 @@ class OnnxBackend:
         ]
         if data is not None:
             artifacts.append(Raw(DATA_FILE, data))
-        context = readme_context(spec, weights, mode)
+        context = readme_context(spec, options, weights, mode)
         artifacts += [Rendered(path, path + ".jinja", context) for path in ("README.md", "run.py")]
         return artifacts
 
