@@ -249,7 +249,7 @@ ALLOWED_IMPORTS = {"jax", "numpy", "safetensors", "__future__"} | set(sys.stdlib
 def test_emitted_code_is_standalone_and_lint_clean(spec, dtype, tmp_path):
     folder = build_target(spec, "jax", tmp_path, BuildOptions(dtype=DType(dtype)))
     assert sorted(p.name for p in folder.iterdir()) == [
-        "README.md", "__init__.py", "manifest.json", "model.py", "weights.py",
+        "README.md", "__init__.py", "manifest.json", "model.py", "sharding.py", "weights.py",
     ]  # fmt: skip
     for file in folder.glob("*.py"):
         for node in ast.walk(ast.parse(file.read_text())):
