@@ -22,6 +22,7 @@ from common import (
     in_turns,
     measured_bandwidth,
     measured_gemm_flops,
+    prefill_flops,
     timed,
 )
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -40,13 +41,6 @@ def models(spec: ModelSpec, folder: Path):
     theirs = LlamaForCausalLM(config).eval()
     theirs.load_state_dict(ours.state_dict())
     return ours, theirs
-
-
-def prefill_flops(spec: ModelSpec, tokens: int, seq: int) -> float:
-    """Matmul FLOPs of a forward pass: 2 per weight per token (the embedding lookup is free)
-    plus causal attention's QK^T and AV (2 * 2 * seq/2 * dim per token per layer)."""
-    matmul_params = spec.param_count - spec.vocab_size * spec.dim
-    return tokens * (2 * matmul_params + 2 * spec.n_layers * seq * spec.dim)
 
 
 def rows() -> list[Row]:

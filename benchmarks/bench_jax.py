@@ -28,6 +28,7 @@ from common import (
     in_turns,
     machine_line,
     measured_gemm_flops,
+    prefill_flops,
     timed,
 )
 
@@ -72,16 +73,16 @@ def rows(repeat: int = 5, new: int = 32) -> list[Row]:
         "torch": timed(lambda: model.generate(torch.from_numpy(prompt), max_new_tokens=new)),
     }, repeat)  # fmt: skip
 
-    flops = 2 * spec.param_count * BATCH * SEQ + 2 * spec.n_layers * BATCH * SEQ * SEQ * spec.dim
+    flops = prefill_flops(spec, BATCH * SEQ, SEQ)
     gemm = measured_gemm_flops()
     table = [
         Row(
-            f"forward B{BATCH}xT{SEQ}", BATCH * SEQ / forward_s["jax"],
+            f"JAX jitted forward fp32 {BATCH}x{SEQ}", BATCH * SEQ / forward_s["jax"],
             BATCH * SEQ / forward_s["torch"], "torch eager, emitted", "tok/s",
             limit_share=flops / forward_s["jax"] / gemm,
         ),
         Row(
-            f"greedy generate B{BATCH}, {SEQ // 4} + {new} tokens", BATCH * new / generate_s["jax"],
+            f"JAX greedy generate {BATCH}x({SEQ // 4}+{new})", BATCH * new / generate_s["jax"],
             BATCH * new / generate_s["torch"], "torch eager, emitted, KV cache", "new tok/s",
         ),
     ]  # fmt: skip

@@ -38,6 +38,7 @@ from common import (
     machine_line,
     measured_bandwidth,
     measured_gemm_flops,
+    prefill_flops,
     timed,
 )
 
@@ -112,12 +113,12 @@ def rows(steps: int = 32, repeat: int = 5) -> list[Row]:
     }, repeat)  # fmt: skip
     decode_s = in_turns({"ours": ort_steps, "torch": torch_steps}, repeat)
 
-    flops = 2 * spec.param_count * BATCH * SEQ + 2 * spec.n_layers * BATCH * SEQ * SEQ * spec.dim
+    flops = prefill_flops(spec, BATCH * SEQ, SEQ)
     gemm, bandwidth = measured_gemm_flops(), measured_bandwidth()
     prefill_tokens, decode_tokens = BATCH * SEQ, BATCH * steps
     table = [
         Row(
-            f"prefill B{BATCH}xT{SEQ}",
+            f"ONNX Runtime prefill fp32 {BATCH}x{SEQ}",
             prefill_tokens / prefill_s["ours"],
             prefill_tokens / prefill_s[key],
             label,
@@ -130,7 +131,7 @@ def rows(steps: int = 32, repeat: int = 5) -> list[Row]:
         )
     ]
     table.append(Row(
-        f"decode B{BATCH}, {steps} steps after {SEQ}", decode_tokens / decode_s["ours"],
+        f"ONNX Runtime decode {BATCH}x({SEQ}+{steps})", decode_tokens / decode_s["ours"],
         decode_tokens / decode_s["torch"], "torch eager, emitted, KV cache", "tok/s",
         limit_share=4 * spec.param_count * steps / decode_s["ours"] / bandwidth,
     ))  # fmt: skip

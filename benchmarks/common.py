@@ -13,9 +13,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+if TYPE_CHECKING:
+    from spec import ModelSpec
 
 # The CPU benchmark model of issues 3, 4 and 7 (a small LLaMA with a real vocabulary).
 BENCH_SPEC = dict(
@@ -92,6 +96,13 @@ def measured_bandwidth(nbytes: int = 1 << 28) -> float:
     x = torch.ones(nbytes // 4, dtype=torch.float32)
     seconds = best_time(lambda: x.sum(), repeat=10)
     return nbytes / seconds
+
+
+def prefill_flops(spec: ModelSpec, tokens: int, seq: int) -> float:
+    """Matmul FLOPs of a forward pass: 2 per weight per token (the embedding lookup is free)
+    plus causal attention's QK^T and AV (2 * 2 * seq/2 * dim per token per layer)."""
+    matmul_params = spec.param_count - spec.vocab_size * spec.dim
+    return tokens * (2 * matmul_params + 2 * spec.n_layers * seq * spec.dim)
 
 
 def format_rows(rows: list[Row]) -> str:
