@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,12 @@ from spec import ModelSpec
 
 from ..base import Artifact, BuildOptions, Rendered, spec_context
 from .parallel import parallel_context
+
+
+def package_name(spec: ModelSpec) -> str:
+    """A Python package name to suggest for the emitted folder (`7b` -> `llama_7b`)."""
+    name = re.sub(r"[^0-9a-zA-Z]+", "_", spec.name).strip("_").lower()
+    return name if name[:1].isalpha() else f"llama_{name}"
 
 
 class TorchBackend:
@@ -20,6 +27,7 @@ class TorchBackend:
 
     def plan(self, spec: ModelSpec, options: BuildOptions) -> list[Artifact]:
         context = spec_context(spec, options) | parallel_context(spec, options)
+        context |= {"package_name": package_name(spec)}
         return [
             Rendered(path, path + ".jinja", context)
             for path in ("__init__.py", "model.py", "weights.py", "parallel.py", "README.md")
