@@ -45,8 +45,13 @@ from common import (
 from backends import BuildOptions
 from spec import ModelSpec
 from tests import oracle
-from tests.adapters.onnx_adapter import import_run_script
-from tests.support import build_target, import_package, random_weights, save_hf_checkpoint
+from tests.support import (
+    build_target,
+    import_file,
+    import_package,
+    random_weights,
+    save_hf_checkpoint,
+)
 
 
 def cache_feeds(names: list[str], outputs: list[np.ndarray]) -> dict[str, np.ndarray]:
@@ -64,7 +69,7 @@ def rows(steps: int = 32, repeat: int = 5) -> list[Row]:
     torch_ids = torch.from_numpy(ids)
     work = Path(tempfile.mkdtemp())  # the checkpoint outlives every session reading it
     checkpoint = save_hf_checkpoint(spec, random_weights(spec, 0, std=0.02), work / "hf")
-    run = import_run_script(build_target(spec, "onnx", work, BuildOptions(weights=checkpoint)))
+    run = import_file(build_target(spec, "onnx", work, BuildOptions(weights=checkpoint)) / "run.py")
     prefill = run.load_session("model.onnx", checkpoint)
     with_past = run.load_session("model_with_past.onnx", checkpoint)
     package = import_package(build_target(spec, "torch", work))

@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from backends.cerebras.mapping import FINAL_NORM_ALIAS, CheckpointLayout, rope_row_order
+from backends.safetensors_format import CheckpointError, read_header, safetensors_files
 from spec import ModelSpec, to_hf_config
 
 from .cli import UserError, resolve_spec, spec_source
@@ -42,33 +43,21 @@ class Tensor:
             yield self.data[source * row : (source + 1) * row]
 
 
-def read_safetensors(path: Path) -> dict[str, Tensor]:
-    """Header and memory-mapped bytes; the map closes when the last view of it is dropped."""
-    try:
-        with open(path, "rb") as handle:
-            data = memoryview(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
-        (length,) = struct.unpack("<Q", data[:8])
-        header = json.loads(bytes(data[8 : 8 + length]))
-    except (OSError, ValueError, struct.error) as exc:
-        raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
-    header.pop("__metadata__", None)
-    base = 8 + length
-    return {
-        name: Tensor(entry["dtype"], tuple(entry["shape"]), data[base + entry["data_offsets"][0] : base + entry["data_offsets"][1]])
-        for name, entry in header.items()
-    }  # fmt: skip
-
-
 def read_checkpoint(path: Path) -> dict[str, Tensor]:
-    """One .safetensors file, or a folder of them (with or without an index)."""
-    if path.is_file():
-        return read_safetensors(path)
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise UserError(f"{path}: no .safetensors files")
+    """One .safetensors file or a folder of them (sharded with an index too), every header
+    checked; the bytes are memory-mapped views, unmapped when the last view is dropped."""
     tensors: dict[str, Tensor] = {}
-    for file in files:
-        tensors |= read_safetensors(file)
+    try:
+        folder, files = safetensors_files(path)
+        for file in files:
+            refs = read_header(file, folder)
+            with open(file, "rb") as handle:
+                data = memoryview(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
+            for ref in refs:
+                view = data[ref.offset : ref.offset + ref.length]
+                tensors[ref.name] = Tensor(ref.dtype, ref.shape, view)
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from None
     return tensors
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from backends.safetensors_format import CheckpointError, read_header, safetensors_files
 from spec import ModelSpec
 
 from .build import GENERATOR, MANIFEST
@@ -106,26 +107,24 @@ SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2"}
 def read_checkpoint(path: Path) -> dict[str, np.ndarray]:
     """All tensors of an HF safetensors checkpoint (folder or file) as float32, for the oracle.
 
-    Read from the format itself (8-byte header length, JSON header, raw little-endian data), so
-    bfloat16 needs no framework: its bits are the top half of a float32's.
+    Read from the format itself, so bfloat16 needs no framework: its bits are the top half of a
+    float32's.
     """
-    files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
-    if not files:
-        raise UserError(f"{path}: no .safetensors files")
     tensors = {}
-    for file in files:
-        data = file.read_bytes()
-        header_len = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8 : 8 + header_len])
-        header.pop("__metadata__", None)
-        for name, info in header.items():
-            if info["dtype"] not in SAFETENSORS_DTYPES:
-                raise UserError(f"{file}: {name} has unsupported dtype {info['dtype']}")
-            begin, end = (8 + header_len + offset for offset in info["data_offsets"])
-            raw = np.frombuffer(data[begin:end], SAFETENSORS_DTYPES[info["dtype"]])
-            if info["dtype"] == "BF16":
-                raw = (raw.astype(np.uint32) << 16).view(np.float32)
-            tensors[name] = raw.astype(np.float32).reshape(info["shape"])
+    try:
+        folder, files = safetensors_files(path)
+        for file in files:
+            data = file.read_bytes()
+            for ref in read_header(file, folder):
+                if ref.dtype not in SAFETENSORS_DTYPES:
+                    raise UserError(f"{file}: {ref.name} has unsupported dtype {ref.dtype}")
+                raw = data[ref.offset : ref.offset + ref.length]
+                values = np.frombuffer(raw, SAFETENSORS_DTYPES[ref.dtype])
+                if ref.dtype == "BF16":
+                    values = (values.astype(np.uint32) << 16).view(np.float32)
+                tensors[ref.name] = values.astype(np.float32).reshape(ref.shape)
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from None
     return tensors
 
 

@@ -75,7 +75,9 @@ def save_hf_checkpoint(spec: ModelSpec, weights: dict[str, np.ndarray], folder: 
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(to_hf_config(spec), indent=2))
-    save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, folder / "model.safetensors")
+    save_file(
+        {k: np.ascontiguousarray(v) for k, v in weights.items()}, folder / "model.safetensors"
+    )
     return folder
 
 
@@ -88,14 +90,23 @@ def build_target(
     return dest
 
 
-def import_package(folder: Path) -> ModuleType:
-    """Import an emitted folder as a package under a fresh name (its imports are relative)."""
-    name = f"emitted_{folder.name}_{next(_package_ids)}"
+def _load(name: str, path: Path, search_locations: list[str] | None = None) -> ModuleType:
     module_spec = importlib.util.spec_from_file_location(
-        name, folder / "__init__.py", submodule_search_locations=[str(folder)]
+        name, path, submodule_search_locations=search_locations
     )
     assert module_spec is not None and module_spec.loader is not None
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module
     module_spec.loader.exec_module(module)
     return module
+
+
+def import_package(folder: Path) -> ModuleType:
+    """Import an emitted folder as a package under a fresh name (its imports are relative)."""
+    name = f"emitted_{folder.name}_{next(_package_ids)}"
+    return _load(name, folder / "__init__.py", [str(folder)])
+
+
+def import_file(path: Path) -> ModuleType:
+    """Import one emitted script (run.py, model.py, convert.py) as a module under a fresh name."""
+    return _load(f"emitted_{path.parent.name}_{path.stem}_{next(_package_ids)}", path)

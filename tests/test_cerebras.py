@@ -22,10 +22,10 @@ from codegen.build import render_target
 from codegen.cli import main
 from spec import get_preset
 from tests import oracle
-from tests.adapters.cerebras_adapter import CerebrasAdapter, import_file
+from tests.adapters.cerebras_adapter import CerebrasAdapter
 from tests.adapters.torch_adapter import TorchAdapter
 from tests.conftest import SHARED
-from tests.support import TOLERANCE, build_target, random_weights, save_hf_checkpoint
+from tests.support import TOLERANCE, build_target, import_file, random_weights, save_hf_checkpoint
 
 FIXTURES = SHARED / "fixtures" / "cerebras"
 SIZES = ["7b", "13b", "33b", "65b", "llama2-7b", "llama2-13b", "llama2-70b", "llama3-8b"]

@@ -333,3 +333,20 @@ def test_largest_presets_build_every_target_under_1_gb(tmp_path):
     )
     peak_kib = int(completed.stdout.split()[-1])
     assert peak_kib < 1024 * 1024, f"peak {peak_kib / 1024:.0f} MiB"
+
+
+@pytest.mark.parametrize("command", ["convert", "verify"])
+def test_compiler_commands_refuse_a_truncated_checkpoint(command, tmp_path):
+    """`convert` and `verify` read checkpoints through the same checked header reader."""
+    spec = get_preset("tiny")
+    folder = save_hf_checkpoint(spec, random_weights(spec, 0), tmp_path / "ck")
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[:-100])
+    if command == "convert":
+        args = ["convert", "--to", "cerebras", str(folder), str(tmp_path / "cs.safetensors")]
+    else:
+        build_target(spec, "torch", tmp_path / "out")
+        args = ["verify", str(tmp_path / "out"), "--weights", str(folder)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert "truncated or corrupt" in result.output and result.output.count("\n") == 1

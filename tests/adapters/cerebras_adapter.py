@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import itertools
-import sys
 from pathlib import Path
-from types import ModuleType
 
 from backends import BuildOptions
 from spec import DType, ModelSpec
-from tests.support import build_target
+from tests.support import build_target, import_file
 
 from .torch_adapter import TorchRunner
-
-_module_ids = itertools.count()
-
-
-def import_file(path: Path) -> ModuleType:
-    """Import one emitted script (model.py, convert.py) as a module under a fresh name."""
-    name = f"emitted_cerebras_{path.stem}_{next(_module_ids)}"
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    assert module_spec is not None and module_spec.loader is not None
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[name] = module
-    module_spec.loader.exec_module(module)
-    return module
 
 
 class CerebrasAdapter:

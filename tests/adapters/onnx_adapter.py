@@ -4,34 +4,18 @@ model_with_past.onnx)."""
 
 from __future__ import annotations
 
-import importlib.util
-import itertools
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 
 from backends import BuildOptions
 from spec import ModelSpec
-from tests.support import build_target
-
-_module_ids = itertools.count()
-
-
-def import_run_script(folder: Path) -> ModuleType:
-    """The emitted run.py as a module (it is a script, not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        f"onnx_run_{next(_module_ids)}", folder / "run.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.support import build_target, import_file
 
 
 class OnnxRunner:
     def __init__(self, folder: Path, weights: Path):
-        self.run = import_run_script(folder)
+        self.run = import_file(folder / "run.py")
         self.prefill = self.run.load_session("model.onnx", weights)
         self.with_past = self.run.load_session("model_with_past.onnx", weights)
 
