@@ -3,8 +3,9 @@
     python benchmarks/bench_cpu.py
 
 Prefill (float32, batch 4 x 256 tokens): tokens/s, and the share of this machine's measured
-float32 GEMM FLOP/s. Decode (batch 1, 64-token prompt, 128 new tokens, greedy): tokens/s, and the
-share of the bandwidth limit (weight bytes read per token over measured memory bandwidth).
+float32 GEMM FLOP/s. Decode (batch 1, 64-token prompt, 128 new tokens, greedy), eager and with
+`generate(compile=True)` (its compilation happens in the warm-up round): tokens/s, and the share of
+the bandwidth limit (weight bytes read per token over measured memory bandwidth).
 """
 
 from __future__ import annotations
@@ -66,20 +67,27 @@ def rows() -> list[Row]:
     with torch.inference_mode():
         seconds = in_turns({
             "ours": timed(lambda: ours.generate(prompt, NEW_TOKENS)),
+            "ours compiled": timed(lambda: ours.generate(prompt, NEW_TOKENS, compile=True)),
             "theirs": timed(lambda: theirs.generate(
                 prompt, attention_mask=mask, max_new_tokens=NEW_TOKENS,
                 min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0,
             )),
         }, repeat=3)  # fmt: skip
-    t_ours, t_theirs = seconds["ours"], seconds["theirs"]
     # Each decode step reads every weight except the embedding table (one row of it).
     weight_bytes = 4 * (spec.param_count - spec.vocab_size * spec.dim * (not spec.tie_embeddings))
-    limit = measured_bandwidth() / weight_bytes
-    decode = Row(
-        "CPU decode fp32 1x(64+128)", NEW_TOKENS / t_ours, NEW_TOKENS / t_theirs,
-        "transformers generate", "tok/s", NEW_TOKENS / t_ours / limit,
-    )  # fmt: skip
-    return [prefill, decode]
+    limit = measured_bandwidth() / weight_bytes  # tokens/s
+    decode = [
+        Row(
+            f"CPU decode fp32 1x(64+128), {name}",
+            NEW_TOKENS / seconds[key],
+            NEW_TOKENS / seconds["theirs"],
+            "transformers generate",
+            "tok/s",
+            NEW_TOKENS / seconds[key] / limit,
+        )
+        for name, key in [("eager", "ours"), ("torch.compile", "ours compiled")]
+    ]
+    return [prefill, *decode]
 
 
 if __name__ == "__main__":

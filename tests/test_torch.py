@@ -203,3 +203,42 @@ def test_no_graph_breaks_under_torch_compile(packages):
     decode = torch._dynamo.explain(model)(ids[:, :1], start_pos=16)
     model.clear_cache()
     assert (decode.graph_break_count, decode.graph_count) == (0, 1), decode.break_reasons
+
+
+def test_batch_one_decode_step_has_no_graph_breaks(packages):
+    """Batch-1 decoding takes Linear's torch.mv path; it too traces into one graph."""
+    model = packages["gqa-tied"].Model().eval()
+    ids = torch.randint(0, model.args.vocab_size, (1, 16))
+    model.setup_cache(1, 32)
+    model(ids)
+    decode = torch._dynamo.explain(model)(ids[:, :1], start_pos=16)
+    model.clear_cache()
+    assert (decode.graph_break_count, decode.graph_count) == (0, 1), decode.break_reasons
+
+
+def test_compiled_generate_matches_eager_and_compiles_once(packages):
+    """generate(compile=True) gives eager's greedy tokens, and one graph serves every decode
+    position and a second call (start_pos is symbolic, the cache static)."""
+    from torch._dynamo.utils import counters
+
+    model = packages["mha"].Model().eval()
+    prompt = torch.randint(
+        0, model.args.vocab_size, (1, 5), generator=torch.Generator().manual_seed(0)
+    )
+    eager = model.generate(prompt, max_new_tokens=8)
+    graphs_before = counters["stats"]["unique_graphs"]
+    first = model.generate(prompt, max_new_tokens=8, compile=True)
+    second = model.generate(prompt, max_new_tokens=8, compile=True)
+    assert torch.equal(first, eager) and torch.equal(second, eager)
+    assert counters["stats"]["unique_graphs"] - graphs_before == 1
+    model.setup_cache(1, 16)
+    with torch.inference_mode():
+        model(prompt)
+        step = prompt[:, -1:]
+        torch.testing.assert_close(
+            model.compiled_forward(step, start_pos=5),
+            model(step, start_pos=5),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+    model.clear_cache()
