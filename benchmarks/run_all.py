@@ -17,6 +17,9 @@ from pathlib import Path
 from common import Row, format_rows, machine_line
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+# Sections from here on hold results of benchmarks/gpu.py on a device machine, pasted by hand:
+# a CPU run keeps them.
+GPU_HEADING = "\n## GPU"
 MODULES = ["bench_build", "bench_cpu", "bench_jax", "bench_onnx"]
 
 
@@ -47,8 +50,14 @@ def main() -> None:
     RESULTS.write_text(
         f"# Benchmark results\n\n{today}, CPU: {machine_line()}; {versions()}.\n"
         "Command: `python benchmarks/run_all.py`. Ratio > 1 means ours is better.\n\n"
-        f"{text}\n" + "".join(f"\n{line}\n" for line in skipped)
+        f"{text}\n" + "".join(f"\n{line}\n" for line in skipped) + gpu_sections()
     )
+
+
+def gpu_sections() -> str:
+    old = RESULTS.read_text() if RESULTS.exists() else ""
+    start = old.find(GPU_HEADING)
+    return old[start:] if start >= 0 else ""
 
 
 if __name__ == "__main__":
