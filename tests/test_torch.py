@@ -192,24 +192,15 @@ def test_emitted_package_is_standalone(tmp_path):
     subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, check=True)
 
 
-def test_no_graph_breaks_under_torch_compile(packages):
-    """Forward and a KV-cache decode step each trace into one graph (torch._dynamo.explain)."""
+@pytest.mark.parametrize("batch", [2, 1])
+def test_no_graph_breaks_under_torch_compile(packages, batch):
+    """Forward and a KV-cache decode step each trace into one graph (torch._dynamo.explain);
+    batch 1 takes Linear's torch.mv path."""
     model = packages["gqa-tied"].Model().eval()
-    ids = torch.randint(0, model.args.vocab_size, (2, 16))
+    ids = torch.randint(0, model.args.vocab_size, (batch, 16))
     forward = torch._dynamo.explain(model)(ids)
     assert (forward.graph_break_count, forward.graph_count) == (0, 1), forward.break_reasons
-    model.setup_cache(2, 32)
-    model(ids)
-    decode = torch._dynamo.explain(model)(ids[:, :1], start_pos=16)
-    model.clear_cache()
-    assert (decode.graph_break_count, decode.graph_count) == (0, 1), decode.break_reasons
-
-
-def test_batch_one_decode_step_has_no_graph_breaks(packages):
-    """Batch-1 decoding takes Linear's torch.mv path; it too traces into one graph."""
-    model = packages["gqa-tied"].Model().eval()
-    ids = torch.randint(0, model.args.vocab_size, (1, 16))
-    model.setup_cache(1, 32)
+    model.setup_cache(batch, 32)
     model(ids)
     decode = torch._dynamo.explain(model)(ids[:, :1], start_pos=16)
     model.clear_cache()
