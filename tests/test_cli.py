@@ -128,3 +128,21 @@ def test_building_imports_no_framework(tmp_path, target):
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("target", ["torch", "jax"])
+def test_bad_parallel_file_exits_2_naming_the_numbers(target, tmp_path):
+    """Every target that takes a parallel spec refuses a bad one in one line, writing nothing."""
+    (tmp_path / "p.json").write_text(json.dumps({"mesh": {"tensor": 4}}))
+    result = CliRunner().invoke(main, ["build", "--size", "tiny-gqa", "--target", target,
+                                       "--out", str(tmp_path / "o"), "--parallel", str(tmp_path / "p.json")])  # fmt: skip
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "kv_heads (2) is not divisible by the tensor degree (4)" in lines[0]
+    assert "vocab (515) is not divisible by the tensor degree (4)" in lines[0]
+    assert not (tmp_path / "o").exists()
+    (tmp_path / "p.json").write_text('{"rules": {"embed": "tensor"}}')
+    result = CliRunner().invoke(main, ["build", "--size", "tiny", "--target", target,
+                                       "--parallel", str(tmp_path / "p.json")])  # fmt: skip
+    assert result.exit_code == 2 and "rules.embed: the tensor axis splits only" in result.output

@@ -244,22 +244,6 @@ def test_cli_parallel_file_sets_the_emitted_defaults(tmp_path):
     assert load_parallel_spec(tmp_path / "parallel.yaml").sequence_parallel
 
 
-def test_cli_bad_parallel_file_exits_2_naming_the_numbers(tmp_path):
-    (tmp_path / "p.json").write_text(json.dumps({"mesh": {"tensor": 4}}))
-    result = CliRunner().invoke(main, ["build", "--size", "tiny-gqa", "--target", "torch",
-                                       "--out", str(tmp_path / "o"), "--parallel", str(tmp_path / "p.json")])  # fmt: skip
-    assert result.exit_code == 2
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1, lines
-    assert "kv_heads (2) is not divisible by the tensor degree (4)" in lines[0]
-    assert "vocab (515) is not divisible by the tensor degree (4)" in lines[0]
-    assert not (tmp_path / "o").exists()
-    (tmp_path / "p.json").write_text('{"rules": {"embed": "tensor"}}')
-    result = CliRunner().invoke(main, ["build", "--size", "tiny", "--target", "torch",
-                                       "--parallel", str(tmp_path / "p.json")])  # fmt: skip
-    assert result.exit_code == 2 and "rules.embed: the tensor axis splits only" in result.output
-
-
 def test_default_build_emits_the_default_spec():
     files = render_target(get_preset("7b"), "torch", BuildOptions())
     emitted = files["parallel.py"].decode()
