@@ -1,6 +1,13 @@
 """The llama-codegen architecture spec (pydantic v2, no framework imports)."""
 
-from .io import SpecFormatError, from_hf_config, from_meta_params, load_spec, to_hf_config
+from .io import (
+    SpecFormatError,
+    from_hf_config,
+    from_meta_params,
+    load_spec,
+    to_hf_config,
+    to_spec_yaml,
+)
 from .model import (
     DType,
     LinearRopeScaling,
@@ -30,4 +37,5 @@ __all__ = [
     "logical_axes",
     "meta_ffn_hidden_dim",
     "to_hf_config",
+    "to_spec_yaml",
 ]

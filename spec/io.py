@@ -183,3 +183,24 @@ def to_hf_config(spec: ModelSpec) -> dict[str, Any]:
         "initializer_range": spec.init_std,
         "torch_dtype": spec.dtype.value,
     }
+
+
+SPEC_FILE_HEADER = """\
+# A llama-codegen model spec: the inputs only (derived numbers: `python -m codegen show --spec FILE`).
+# Build from it: python -m codegen build --spec FILE --target torch|jax|onnx|cerebras|all
+"""
+
+
+def to_spec_yaml(spec: ModelSpec) -> str:
+    """The spec as a YAML spec file that `load_spec` reads back to an equal spec.
+
+    Every input field is written (computed ones are derived, not accepted), except Meta's FFN
+    rule inputs when `ffn_dim` is given and they were not: written out they would be checked
+    against `ffn_dim` and could contradict it (e.g. an HF config's intermediate_size).
+    """
+    data = spec.model_dump(mode="json", exclude_computed_fields=True)
+    if spec.ffn_dim is not None:
+        for key in ("multiple_of", "ffn_dim_multiplier"):
+            if key not in spec.model_fields_set:
+                del data[key]
+    return SPEC_FILE_HEADER + yaml.safe_dump(data, sort_keys=False, width=100)
