@@ -18,14 +18,16 @@ from spec import (
     ModelSpec,
     ParallelSpec,
     SpecFormatError,
+    TrainingSpec,
     UnknownPresetError,
     get_preset,
     load_parallel_spec,
     load_spec,
+    to_spec_yaml,
 )
 
 from . import __version__
-from .build import OutputError, build, compare, render_target
+from .build import BuildResult, OutputError, build, compare, render_target
 
 EPILOG_BUILD = """\b
 Examples:
@@ -68,7 +70,24 @@ def resolve_spec(size: str | None, spec_file: Path | None) -> ModelSpec:
     except SpecFormatError as exc:
         raise UserError(_printable(str(exc), limit=300)) from None
     except ValidationError as exc:
+        derived = _derived_keys(exc)
+        if derived:
+            raise UserError(
+                f"invalid spec: {', '.join(derived[:3])}{', ...' if len(derived) > 3 else ''} "
+                "are derived values, not inputs (is it `show --json` output?); write a spec "
+                "file with: python -m codegen show --size NAME --as-spec > FILE"
+            ) from None
         raise UserError(describe_validation_error(exc)) from None
+
+
+def _derived_keys(exc: ValidationError) -> list[str]:
+    """Computed fields (param_count, head_dim, ...) that a spec file gave as inputs."""
+    computed = {*ModelSpec.model_computed_fields, *TrainingSpec.model_computed_fields}
+    return [
+        ".".join(str(part) for part in error["loc"])
+        for error in exc.errors()
+        if error["type"] == "extra_forbidden" and error["loc"][-1] in computed
+    ]
 
 
 def resolve_parallel(path: Path, spec: ModelSpec) -> ParallelSpec:
@@ -171,14 +190,21 @@ def build_command(
             result = build(spec, name, out, options, force=force)
         except OutputError as exc:
             raise UserError(str(exc)) from None
-        size_kb = sum(len(data) for data in result.files.values()) / 1024
-        verb = "wrote" if result.changed else "unchanged"
-        click.echo(
-            f"{verb} {result.path} ({len(result.files)} files, {size_kb:.0f} KiB) "
-            f"in {time.perf_counter() - started:.2f} s"
-        )
+        _report_build(result, time.perf_counter() - started)
     if failed:
         raise SystemExit(1)
+    if not check:
+        readmes = [_printable(str(out / name / "README.md"), limit=200) for name in targets]
+        click.echo(f"next: read {', '.join(readmes)}")
+
+
+def _report_build(result: BuildResult, seconds: float) -> None:
+    """Two lines: what was written where (or found unchanged), then every file in it."""
+    size_kb = sum(len(data) for data in result.files.values()) / 1024
+    verb = "wrote" if result.changed else "unchanged"
+    where = _printable(str(result.path), limit=200)
+    click.echo(f"{verb} {where} ({len(result.files)} files, {size_kb:.0f} KiB) in {seconds:.2f} s")
+    click.echo("  " + "  ".join(result.files))
 
 
 def _check_one(spec: ModelSpec, target: str, out: Path, options: BuildOptions) -> bool:
@@ -239,9 +265,20 @@ def derived_numbers(spec: ModelSpec) -> dict[str, Any]:
 @main.command("show")
 @spec_source
 @click.option("--json", "as_json", is_flag=True, help="Print the full spec and derived values as JSON.")
-def show_command(size: str | None, spec_file: Path | None, as_json: bool) -> None:
+@click.option(
+    "--as-spec",
+    is_flag=True,
+    help="Print a YAML spec file (inputs only) for `build --spec`: "
+    "show --size 7b --as-spec > my_model.yaml",
+)
+def show_command(size: str | None, spec_file: Path | None, as_json: bool, as_spec: bool) -> None:
     """Show a spec's derived numbers: parameters, FLOPs per token, memory."""
     spec = resolve_spec(size, spec_file)
+    if as_json and as_spec:
+        raise UserError("give at most one of --json and --as-spec")
+    if as_spec:
+        click.echo(to_spec_yaml(spec), nl=False)
+        return
     if as_json:
         click.echo(json.dumps(spec.model_dump(mode="json"), indent=2, sort_keys=True))
         return
