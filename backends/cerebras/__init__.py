@@ -148,6 +148,18 @@ def config_context(spec: ModelSpec) -> dict[str, Any]:
     }
 
 
+def readme_context(spec: ModelSpec) -> dict[str, Any]:
+    """What the README tells a reader before a CPU run: the memory that training this spec takes."""
+    # 16 bytes per parameter whatever the precision: fp32 weights, gradients and both AdamW
+    # moments on CPU; bf16 weights and gradients, an fp32 master copy and moments under amp.
+    train_bytes = spec.train_bytes_adamw
+    return {
+        "train_memory": f"{train_bytes / 1e9:,.0f} GB" if train_bytes >= 1e9
+        else f"{train_bytes / 1e6:,.1f} MB",
+        "suggest_tiny": train_bytes >= 1e9,
+    }  # fmt: skip
+
+
 class CerebrasBackend:
     name = "cerebras"
     description = (
@@ -174,7 +186,7 @@ class CerebrasBackend:
                 model | {"config": f"params_{spec.name}.yaml", "seq_len": spec.training.seq_len},
             ),
             Rendered("convert.py", "convert.py.jinja", model),
-            Rendered("README.md", "README.md.jinja", model | config),
+            Rendered("README.md", "README.md.jinja", model | config | readme_context(spec)),
         ]
 
 

@@ -10,6 +10,7 @@ Token ids in, token ids out: tokenize with the checkpoint's own tokenizer.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,8 @@ HERE = Path(__file__).resolve().parent
 N_LAYERS = 32
 N_KV_HEADS = 32
 HEAD_DIM = 128
+# The files the graphs read their weights from, in the --weights folder.
+WEIGHT_FILES = ["model.onnx.data"]
 
 
 def load_session(graph: str, weights: Path) -> ort.InferenceSession:
@@ -29,6 +32,20 @@ def load_session(graph: str, weights: Path) -> ort.InferenceSession:
     )
     model = (HERE / graph).read_bytes()
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def check_weights(folder: Path) -> None:
+    """Exit with one line (code 2) when `folder` lacks a file the graphs read, rather than let
+    onnxruntime fail with a traceback."""
+    missing = [name for name in WEIGHT_FILES if not (folder / name).is_file()]
+    if not missing:
+        return
+    problem = (
+        f"{folder / missing[0]} does not exist: these graphs are not bound to weights yet; "
+        f"bind them first with: python -m codegen bind {HERE} --weights CHECKPOINT_FOLDER"
+    )
+    print(f"run.py: error: {problem}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def empty_cache(batch: int) -> dict[str, np.ndarray]:
@@ -68,6 +85,7 @@ def main() -> None:
     parser.add_argument("--ids", type=int, nargs="+", required=True, help="prompt token ids")
     parser.add_argument("--max-new-tokens", type=int, default=16)
     args = parser.parse_args()
+    check_weights(args.weights)
     session = load_session("model_with_past.onnx", args.weights)
     tokens = generate(session, np.array([args.ids]), args.max_new_tokens)
     print(" ".join(str(token) for token in tokens[0]))
