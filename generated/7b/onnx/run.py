@@ -4,6 +4,8 @@
 
     python run.py --ids 1 450 7483 --max-new-tokens 16
 
+Not bound to weights yet: bind first with `python -m codegen bind` (README.md, "Run").
+
 Token ids in, token ids out: tokenize with the checkpoint's own tokenizer.
 """
 
