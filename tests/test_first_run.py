@@ -248,6 +248,22 @@ def test_as_spec_round_trips_a_hugging_face_config(name, tmp_path):
     assert built[0] == built[1]
 
 
+def test_as_spec_round_trips_a_meta_params_json(tmp_path):
+    """Meta's params.json for Llama 3 8B, as published with the weights."""
+    folder = tmp_path / "Meta-Llama-3-8B"
+    folder.mkdir()
+    (folder / "params.json").write_text(
+        '{"dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256, '
+        '"multiple_of": 1024, "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05, "rope_theta": 500000.0}'
+    )
+    assert_same_spec(load_spec(export(tmp_path, "--spec", str(folder))), load_spec(folder))
+
+
+def test_show_takes_one_output_format():
+    result = CliRunner().invoke(main, ["show", "--size", "7b", "--json", "--as-spec"])
+    assert result.exit_code == 2 and "at most one of --json and --as-spec" in result.output
+
+
 def test_show_json_as_a_spec_file_fails_in_one_line_naming_as_spec(tmp_path):
     path = tmp_path / "m.yaml"
     path.write_text(run_cli("show", "--size", "7b", "--json").output)
