@@ -4,28 +4,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
-from pydantic import ValidationError
 
 from backends import TARGETS, BuildOptions
-from spec import (
-    PRESETS,
-    DType,
-    ModelSpec,
-    ParallelSpec,
-    SpecFormatError,
-    UnknownPresetError,
-    get_preset,
-    load_parallel_spec,
-    load_spec,
-)
+from spec import PRESETS, DType, ModelSpec
 
 from . import __version__
 from .build import OutputError, build, compare, render_target
+from .cmd_bind import bind_command
+from .cmd_convert import convert_command
+from .cmd_verify import verify_command
+from .common import UserError, format_table, resolve_parallel, resolve_spec, spec_source
 
 EPILOG_BUILD = """\b
 Examples:
@@ -34,66 +26,6 @@ Examples:
   python -m codegen build --spec Llama-2-7b-hf/config.json --target torch
   python -m codegen build --size 7b --target torch --out generated/7b --check
 """
-
-
-class UserError(click.ClickException):
-    """Bad input from the user: one line on stderr, exit code 2."""
-
-    exit_code = 2
-
-
-def _printable(text: str, limit: int = 80) -> str:
-    """User-supplied text made safe for a one-line message (control characters escaped)."""
-    text = text if text.isprintable() else ascii(text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors()[:5]:
-        where = ".".join(_printable(str(part)) for part in error["loc"]) or "spec"
-        message = _printable(error["msg"].removeprefix("Value error, "), limit=200)
-        parts.append(f"{where}: {message}")
-    more = len(exc.errors()) - len(parts)
-    return "invalid spec: " + "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
-
-
-def resolve_spec(size: str | None, spec_file: Path | None) -> ModelSpec:
-    if (size is None) == (spec_file is None):
-        raise UserError("give exactly one of --size NAME or --spec FILE")
-    try:
-        return get_preset(size) if size is not None else load_spec(spec_file)
-    except UnknownPresetError as exc:
-        raise UserError(str(exc)) from None
-    except SpecFormatError as exc:
-        raise UserError(_printable(str(exc), limit=300)) from None
-    except ValidationError as exc:
-        raise UserError(describe_validation_error(exc)) from None
-
-
-def resolve_parallel(path: Path, spec: ModelSpec) -> ParallelSpec:
-    """A parallel spec file, checked against the model (and its training batch)."""
-    try:
-        return load_parallel_spec(path).validate_for(spec, spec.training.batch_size)
-    except SpecFormatError as exc:
-        raise UserError(str(exc)) from None
-    except ValidationError as exc:
-        message = describe_validation_error(exc).removeprefix("invalid spec: ")
-        raise UserError(f"invalid parallel spec {path}: {message}") from None
-
-
-def spec_source(command: Callable[..., Any]) -> Callable[..., Any]:
-    """--size / --spec, shared by every command that takes a model."""
-    command = click.option(
-        "--spec",
-        "spec_file",
-        type=click.Path(path_type=Path, dir_okay=True),
-        help="Spec file: our YAML/JSON, a Hugging Face config.json or a Meta params.json "
-        "(or the checkpoint folder holding one).",
-    )(command)
-    return click.option(
-        "--size", metavar="PRESET", help=f"A preset: {', '.join(PRESETS)}."
-    )(command)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -238,7 +170,9 @@ def derived_numbers(spec: ModelSpec) -> dict[str, Any]:
 
 @main.command("show")
 @spec_source
-@click.option("--json", "as_json", is_flag=True, help="Print the full spec and derived values as JSON.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the full spec and derived values as JSON."
+)
 def show_command(size: str | None, spec_file: Path | None, as_json: bool) -> None:
     """Show a spec's derived numbers: parameters, FLOPs per token, memory."""
     spec = resolve_spec(size, spec_file)
@@ -251,17 +185,6 @@ def show_command(size: str | None, spec_file: Path | None, as_json: bool) -> Non
     ]
     click.echo(format_table(["quantity", "value"], rows))
 
-
-def format_table(header: list[str], rows: list[list[Any]]) -> str:
-    cells = [header] + [[str(cell) for cell in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in cells]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(line.rstrip() for line in lines)
-# Target-specific commands live in their own modules, which use the helpers above.
-from .cmd_bind import bind_command  # noqa: E402
-from .cmd_convert import convert_command  # noqa: E402
-from .cmd_verify import verify_command  # noqa: E402
 
 main.add_command(bind_command)
 main.add_command(convert_command)

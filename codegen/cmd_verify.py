@@ -23,7 +23,7 @@ from backends.safetensors_format import CheckpointError, read_header, safetensor
 from spec import ModelSpec
 
 from .build import GENERATOR, MANIFEST
-from .cli import UserError, format_table
+from .common import UserError, format_table
 
 
 def run_torch(folder: Path, checkpoint: Path, tokens: np.ndarray) -> np.ndarray:
