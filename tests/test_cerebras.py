@@ -20,12 +20,14 @@ from backends import BuildOptions
 from backends.cerebras.mapping import rope_row_order
 from codegen.build import render_target
 from codegen.cli import main
+from codegen.verifier import oracle
+from codegen.verifier.checkpoints import random_weights, save_hf_checkpoint
+from codegen.verifier.emitted import build_target, import_file
+from codegen.verifier.oracle import TOLERANCE
+from codegen.verifier.runners.cerebras_runner import CerebrasAdapter
+from codegen.verifier.runners.torch_runner import TorchAdapter
 from spec import get_preset
-from tests import oracle
-from tests.adapters.cerebras_adapter import CerebrasAdapter
-from tests.adapters.torch_adapter import TorchAdapter
 from tests.conftest import SHARED
-from tests.support import TOLERANCE, build_target, import_file, random_weights, save_hf_checkpoint
 
 FIXTURES = SHARED / "fixtures" / "cerebras"
 SIZES = ["7b", "13b", "33b", "65b", "llama2-7b", "llama2-13b", "llama2-70b", "llama3-8b"]

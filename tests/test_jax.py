@@ -15,15 +15,11 @@ import numpy as np
 import pytest
 
 from backends import BuildOptions
+from codegen.verifier import oracle
+from codegen.verifier.checkpoints import random_weights, save_hf_checkpoint
+from codegen.verifier.emitted import build_target, import_package
+from codegen.verifier.oracle import TOLERANCE
 from spec import DType, LinearRopeScaling, ModelSpec, get_preset, to_hf_config
-from tests import oracle
-from tests.support import (
-    TOLERANCE,
-    build_target,
-    import_package,
-    random_weights,
-    save_hf_checkpoint,
-)
 
 LINEAR_ROPE = ModelSpec(
     name="tiny-linear", vocab_size=301, dim=48, n_layers=2, n_heads=3, n_kv_heads=1, ffn_dim=80,

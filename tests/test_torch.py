@@ -13,9 +13,10 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from backends import BuildOptions
+from codegen.verifier import oracle
+from codegen.verifier.checkpoints import random_weights, save_hf_checkpoint
+from codegen.verifier.emitted import build_target, import_package
 from spec import PRESETS, DType, ModelSpec, get_preset, to_hf_config
-from tests import oracle
-from tests.support import build_target, import_package, random_weights, save_hf_checkpoint
 
 EXTERNAL_CASES = {
     "mha": get_preset("tiny"),

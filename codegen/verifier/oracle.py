@@ -1,6 +1,6 @@
 """An independent float64 numpy LLaMA forward pass: the reference every backend is held to.
 
-Written from the paper and DESIGN.md section 3, not from the templates. Weights are a dict in our
+Written from the LLaMA paper and docs/DESIGN.md ("Numeric conventions"), not from the templates. Weights are a dict in our
 canonical layout: Hugging Face names, half-layout RoPE rows.
 """
 
@@ -94,6 +94,11 @@ def forward(spec: ModelSpec, weights: dict[str, np.ndarray], tokens: np.ndarray)
         head = w["model.embed_tokens.weight" if spec.tie_embeddings else "lm_head.weight"]
         batch.append(x @ head.T)
     return np.stack(batch)
+
+
+# Relative L2 error of logits against the float64 oracle that a backend may reach, per dtype
+# (docs/DESIGN.md, "Numeric conventions").
+TOLERANCE = {"float32": 1e-5, "bfloat16": 2e-2}
 
 
 def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
