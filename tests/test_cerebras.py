@@ -134,16 +134,16 @@ def test_every_size_builds_with_the_paper_recipe(size):
     t = spec.training
     for model in (init["model"], legacy["model"]):
         assert model["rotary_dim"] == spec.head_dim  # never the Model Zoo's 25% default
-        assert model["hidden_size"] == spec.dim and model["filter_size"] == spec.hidden_dim
+        assert model["hidden_size"] == spec.dim and model["filter_size"] == spec.ffn_dim
         assert model["num_heads"] == spec.n_heads and model["num_hidden_layers"] == spec.n_layers
         assert model["layer_norm_epsilon"] == spec.norm_eps  # a float, not the string "1e-05"
         assert model["rope_theta"] == spec.rope_theta
         assert model["share_embedding_weights"] is spec.tie_embeddings
         assert (model["norm_type"], model["nonlinearity"]) == ("rmsnorm", "swiglu")
         assert model["loss_scaling"] == "num_tokens"
-        if spec.num_kv_heads != spec.n_heads:
+        if spec.n_kv_heads != spec.n_heads:
             assert model["attention_module"] == "multiquery_attention"
-            assert model["extra_attention_params"] == {"num_kv_groups": spec.num_kv_heads}
+            assert model["extra_attention_params"] == {"num_kv_groups": spec.n_kv_heads}
         else:
             assert "attention_module" not in model
     steps = -(-t.total_tokens // (t.batch_size * t.seq_len))
@@ -197,7 +197,7 @@ def test_convert_round_trip_is_exact_and_interleaves_rows(size, tmp_path):
     reloaded = convert.load_hf(tmp_path / "hf")
     assert all(torch.equal(reloaded[k], hf[k]) for k in hf)
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["num_key_value_heads"] == (
-        spec.num_kv_heads
+        spec.n_kv_heads
     )
 
 

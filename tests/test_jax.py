@@ -157,7 +157,7 @@ def test_param_shapes_count_the_spec_parameters(size, tmp_path):
     assert sum(math.prod(shape) for shape in shapes) == spec.param_count
     config = package.CONFIG
     assert (config.dim, config.n_layers, config.n_heads, config.n_kv_heads, config.hidden_dim) == (
-        spec.dim, spec.n_layers, spec.n_heads, spec.num_kv_heads, spec.hidden_dim,
+        spec.dim, spec.n_layers, spec.n_heads, spec.n_kv_heads, spec.ffn_dim,
     )  # fmt: skip
     assert (config.vocab_size, config.max_seq_len, config.norm_eps, config.rope_theta) == (
         spec.vocab_size, spec.max_seq_len, spec.norm_eps, spec.rope_theta,

@@ -49,7 +49,7 @@ class CheckpointLayout:
     @classmethod
     def of(cls, spec: ModelSpec) -> CheckpointLayout:
         return cls(
-            spec.n_layers, spec.n_heads, spec.num_kv_heads, spec.head_dim, spec.tie_embeddings
+            spec.n_layers, spec.n_heads, spec.n_kv_heads, spec.head_dim, spec.tie_embeddings
         )
 
     def hf_to_cs(self) -> dict[str, str]:

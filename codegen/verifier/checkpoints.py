@@ -14,7 +14,7 @@ from spec import ModelSpec, to_hf_config
 
 def weight_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     """Every tensor of a checkpoint in our canonical layout (HF names; no lm_head when tied)."""
-    d, kv = spec.dim, spec.num_kv_heads * spec.head_dim
+    d, kv = spec.dim, spec.n_kv_heads * spec.head_dim
     shapes = {"model.embed_tokens.weight": (spec.vocab_size, d), "model.norm.weight": (d,)}
     if not spec.tie_embeddings:
         shapes["lm_head.weight"] = (spec.vocab_size, d)
@@ -25,9 +25,9 @@ def weight_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
             p + "self_attn.k_proj.weight": (kv, d),
             p + "self_attn.v_proj.weight": (kv, d),
             p + "self_attn.o_proj.weight": (d, d),
-            p + "mlp.gate_proj.weight": (spec.hidden_dim, d),
-            p + "mlp.up_proj.weight": (spec.hidden_dim, d),
-            p + "mlp.down_proj.weight": (d, spec.hidden_dim),
+            p + "mlp.gate_proj.weight": (spec.ffn_dim, d),
+            p + "mlp.up_proj.weight": (spec.ffn_dim, d),
+            p + "mlp.down_proj.weight": (d, spec.ffn_dim),
             p + "input_layernorm.weight": (d,),
             p + "post_attention_layernorm.weight": (d,),
         }

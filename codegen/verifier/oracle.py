@@ -1,7 +1,7 @@
 """An independent float64 numpy LLaMA forward pass: the reference every backend is held to.
 
-Written from the LLaMA paper and docs/DESIGN.md ("Numeric conventions"), not from the templates. Weights are a dict in our
-canonical layout: Hugging Face names, half-layout RoPE rows.
+Written from the LLaMA paper and docs/DESIGN.md ("Numeric conventions"), not from the templates.
+Weights are a dict in our canonical layout: Hugging Face names, half-layout RoPE rows.
 """
 
 from __future__ import annotations
@@ -81,8 +81,8 @@ def forward(spec: ModelSpec, weights: dict[str, np.ndarray], tokens: np.ndarray)
             p = f"model.layers.{i}."
             h = rms_norm(x, w[p + "input_layernorm.weight"], spec.norm_eps)
             q = (h @ w[p + "self_attn.q_proj.weight"].T).reshape(T, spec.n_heads, spec.head_dim)
-            k = (h @ w[p + "self_attn.k_proj.weight"].T).reshape(T, spec.num_kv_heads, -1)
-            v = (h @ w[p + "self_attn.v_proj.weight"].T).reshape(T, spec.num_kv_heads, -1)
+            k = (h @ w[p + "self_attn.k_proj.weight"].T).reshape(T, spec.n_kv_heads, -1)
+            v = (h @ w[p + "self_attn.v_proj.weight"].T).reshape(T, spec.n_kv_heads, -1)
             q, k = rotate(q, positions, freqs), rotate(k, positions, freqs)
             y = attention(q, k, v, spec.kv_groups).reshape(T, spec.dim)
             x = x + y @ w[p + "self_attn.o_proj.weight"].T
