@@ -27,9 +27,8 @@ from codegen.verifier.oracle import TOLERANCE
 from codegen.verifier.runners.cerebras_runner import CerebrasAdapter
 from codegen.verifier.runners.torch_runner import TorchAdapter
 from spec import get_preset
-from tests.conftest import SHARED
+from tests.cerebras_modelzoo import MODELZOO_FILES
 
-FIXTURES = SHARED / "fixtures" / "cerebras"
 SIZES = ["7b", "13b", "33b", "65b", "llama2-7b", "llama2-13b", "llama2-70b", "llama3-8b"]
 # Keys we state although Cerebras's 7B files leave them to a default that equals LLaMA's
 # (rope_theta, initializer_range), or that only GQA / scaled-RoPE models need.
@@ -60,7 +59,7 @@ def assert_same_keys(ours: dict, theirs: dict, where: str) -> None:
 
 
 def read_fixture(name: str) -> dict:
-    return yaml.safe_load((FIXTURES / name).read_text())
+    return yaml.safe_load(MODELZOO_FILES[name])
 
 
 def test_trainer_layout_matches_model_zoo_2_10_llama2_7b():

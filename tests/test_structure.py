@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -89,3 +90,29 @@ def test_verify_of_a_torch_build_needs_no_other_framework(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "torch" in result.stdout and "pass" in result.stdout
+
+
+def test_a_clone_with_nothing_beside_it_passes_a_fast_subset(tmp_path):
+    """Committed code only (a clone of HEAD), in a folder whose parent holds no shared/."""
+    clone = tmp_path / "repo"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True, cwd=tmp_path)
+    assert not (clone.parent / "shared").exists()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYTHONPATH"] = str(clone)
+    subset = ["tests/test_spec.py", "tests/test_cerebras.py", "-k", "spec or layout or preset"]
+    command = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", *subset]
+    result = subprocess.run(
+        command, cwd=clone, env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # Among them the two that compare with Cerebras's Model Zoo files.
+    for name in ("test_trainer_layout_matches_model_zoo", "test_legacy_layout_matches_model_zoo"):
+        assert re.search(rf"::{name}\S* PASSED", result.stdout), name
+
+
+def test_ci_runs_the_readme_test_command_from_a_clone():
+    readme, ci = (ROOT / "README.md").read_text(), (ROOT / ".ci" / "run").read_text()
+    command = next(line for line in readme.splitlines() if line.endswith("python -m pytest"))
+    assert command in ci.splitlines()
+    clone_at = ci.index('git clone --quiet "$repo" "$tmp/repo"')
+    assert clone_at < ci.index('cd "$tmp/repo"') < ci.index(command)
