@@ -42,7 +42,6 @@ class LogicalAxis(str, Enum):
     batch = "batch"  # activations: rows of a batch
 
 
-MESH_AXES: tuple[MeshAxis, ...] = tuple(MeshAxis)
 # Logical axes the tensor axis may shard: the torch plan splits exactly these (Megatron-style).
 TENSOR_SHARDABLE = frozenset(
     {LogicalAxis.vocab, LogicalAxis.heads, LogicalAxis.kv_heads, LogicalAxis.mlp}
