@@ -149,18 +149,23 @@ class TrainingSpec(_Frozen):
         return -(-self.total_tokens // self.batch_tokens)
 
 
-def _valid_or_none(value: Any, kind: Any) -> Any:
-    """`value` validated as `kind`, or None when it is not valid (its own field reports that)."""
+# Validators of the inputs that defaults are resolved from, before the fields are validated.
+_POSITIVE_INT: TypeAdapter[int] = TypeAdapter(PositiveInt)
+_MULTIPLIER: TypeAdapter[float | None] = TypeAdapter(PositiveFloat | None)
+
+
+def _valid_or_none(value: Any, kind: TypeAdapter[Any]) -> Any:
+    """`value` validated by `kind`, or None when it is not valid (its own field reports that)."""
     try:
-        return TypeAdapter(kind).validate_python(value)
+        return kind.validate_python(value)
     except ValidationError:
         return None
 
 
-def _derivation_input(name: str, value: Any, kind: Any) -> Any:
-    """An input that only derives ffn_dim, validated as `kind`; ValueError naming it if bad."""
+def _derivation_input(name: str, value: Any, kind: TypeAdapter[Any]) -> Any:
+    """An input that only derives ffn_dim, validated by `kind`; ValueError naming it if bad."""
     try:
-        return TypeAdapter(kind).validate_python(value)
+        return kind.validate_python(value)
     except ValidationError as exc:
         raise ValueError(f"{name}: {exc.errors()[0]['msg']}") from None
 
@@ -169,7 +174,7 @@ def _resolve_kv_heads(data: dict[str, Any]) -> None:
     """n_kv_heads defaults to n_heads (multi-head attention)."""
     if data.get("n_kv_heads") is None:
         data.pop("n_kv_heads", None)
-        n_heads = _valid_or_none(data.get("n_heads"), PositiveInt)
+        n_heads = _valid_or_none(data.get("n_heads"), _POSITIVE_INT)
         if n_heads is not None:
             data["n_kv_heads"] = n_heads
 
@@ -181,17 +186,17 @@ def _resolve_ffn_dim(data: dict[str, Any]) -> None:
     ffn_dim_multiplier, or when one of those two is invalid.
     """
     rule_given = {"multiple_of", "ffn_dim_multiplier"} & data.keys()
-    multiple_of = _derivation_input("multiple_of", data.pop("multiple_of", 256), PositiveInt)
+    multiple_of = _derivation_input("multiple_of", data.pop("multiple_of", 256), _POSITIVE_INT)
     multiplier = _derivation_input(
-        "ffn_dim_multiplier", data.pop("ffn_dim_multiplier", None), PositiveFloat | None
+        "ffn_dim_multiplier", data.pop("ffn_dim_multiplier", None), _MULTIPLIER
     )
     if data.get("ffn_dim") is None:
         data.pop("ffn_dim", None)
-    dim = _valid_or_none(data.get("dim"), PositiveInt)
+    dim = _valid_or_none(data.get("dim"), _POSITIVE_INT)
     if dim is None:
         return
     rule = meta_ffn_hidden_dim(dim, multiple_of, multiplier)
-    given = _valid_or_none(data.get("ffn_dim"), PositiveInt)
+    given = _valid_or_none(data.get("ffn_dim"), _POSITIVE_INT)
     if "ffn_dim" not in data:
         data["ffn_dim"] = rule
     elif rule_given and given is not None and given != rule:
@@ -276,18 +281,18 @@ class ModelSpec(_Frozen):
         return data
 
         data = dict(data)
-        n_heads = _valid_or_none(data.get("n_heads"), PositiveInt)
+        n_heads = _valid_or_none(data.get("n_heads"), _POSITIVE_INT)
         if data.get("n_kv_heads") is None:
             # Left unset when n_heads is invalid: the n_heads error is the one to report.
             data.pop("n_kv_heads", None)
             if n_heads is not None:
                 data["n_kv_heads"] = n_heads
         rule_given = {"multiple_of", "ffn_dim_multiplier"} & data.keys()
-        multiple_of = _derivation_input("multiple_of", data.pop("multiple_of", 256), PositiveInt)
+        multiple_of = _derivation_input("multiple_of", data.pop("multiple_of", 256), _POSITIVE_INT)
         multiplier = _derivation_input(
-            "ffn_dim_multiplier", data.pop("ffn_dim_multiplier", None), PositiveFloat | None
+            "ffn_dim_multiplier", data.pop("ffn_dim_multiplier", None), _MULTIPLIER
         )
-        dim = _valid_or_none(data.get("dim"), PositiveInt)
+        dim = _valid_or_none(data.get("dim"), _POSITIVE_INT)
         if dim is None:  # the dim error is reported; there is no rule to apply
             return data
         rule = meta_ffn_hidden_dim(dim, multiple_of, multiplier)
