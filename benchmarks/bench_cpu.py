@@ -28,8 +28,8 @@ from common import (
 )
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from codegen.verifier.emitted import build_target, import_package
 from spec import ModelSpec, to_hf_config
-from tests.support import build_target, import_package
 
 PROMPT, NEW_TOKENS = 64, 128
 

@@ -32,9 +32,10 @@ from common import (
     timed,
 )
 
+from codegen.verifier import oracle
+from codegen.verifier.checkpoints import random_weights, save_hf_checkpoint
+from codegen.verifier.emitted import build_target, import_package
 from spec import ModelSpec
-from tests import oracle
-from tests.support import build_target, import_package, random_weights, save_hf_checkpoint
 
 
 def rows(repeat: int = 5, new: int = 32) -> list[Row]:

@@ -43,15 +43,10 @@ from common import (
 )
 
 from backends import BuildOptions
+from codegen.verifier import oracle
+from codegen.verifier.checkpoints import random_weights, save_hf_checkpoint
+from codegen.verifier.emitted import build_target, import_file, import_package
 from spec import ModelSpec
-from tests import oracle
-from tests.support import (
-    build_target,
-    import_file,
-    import_package,
-    random_weights,
-    save_hf_checkpoint,
-)
 
 
 def cache_feeds(names: list[str], outputs: list[np.ndarray]) -> dict[str, np.ndarray]:

@@ -4,30 +4,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
-from pydantic import ValidationError
 
 from backends import TARGETS, BuildOptions
-from spec import (
-    PRESETS,
-    DType,
-    ModelSpec,
-    ParallelSpec,
-    SpecFormatError,
-    TrainingSpec,
-    UnknownPresetError,
-    get_preset,
-    load_parallel_spec,
-    load_spec,
-    to_spec_yaml,
-)
+from spec import PRESETS, DType, ModelSpec, to_spec_yaml
 
 from . import __version__
 from .build import BuildResult, OutputError, build, compare, render_target
+from .cmd_bind import bind_command
+from .cmd_convert import convert_command
+from .cmd_verify import verify_command
+from .common import UserError, format_table, printable, resolve_parallel, resolve_spec, spec_source
 
 EPILOG_BUILD = """\b
 Examples:
@@ -36,83 +26,6 @@ Examples:
   python -m codegen build --spec Llama-2-7b-hf/config.json --target torch
   python -m codegen build --size 7b --target torch --out generated/7b --check
 """
-
-
-class UserError(click.ClickException):
-    """Bad input from the user: one line on stderr, exit code 2."""
-
-    exit_code = 2
-
-
-def _printable(text: str, limit: int = 80) -> str:
-    """User-supplied text made safe for a one-line message (control characters escaped)."""
-    text = text if text.isprintable() else ascii(text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors()[:5]:
-        where = ".".join(_printable(str(part)) for part in error["loc"]) or "spec"
-        message = _printable(error["msg"].removeprefix("Value error, "), limit=200)
-        parts.append(f"{where}: {message}")
-    more = len(exc.errors()) - len(parts)
-    return "invalid spec: " + "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
-
-
-def resolve_spec(size: str | None, spec_file: Path | None) -> ModelSpec:
-    if (size is None) == (spec_file is None):
-        raise UserError("give exactly one of --size NAME or --spec FILE")
-    try:
-        return get_preset(size) if size is not None else load_spec(spec_file)
-    except UnknownPresetError as exc:
-        raise UserError(str(exc)) from None
-    except SpecFormatError as exc:
-        raise UserError(_printable(str(exc), limit=300)) from None
-    except ValidationError as exc:
-        derived = _derived_keys(exc)
-        if derived:
-            raise UserError(
-                f"invalid spec: {', '.join(derived[:3])}{', ...' if len(derived) > 3 else ''} "
-                "are derived values, not inputs (is it `show --json` output?); write a spec "
-                "file with: python -m codegen show --size NAME --as-spec > FILE"
-            ) from None
-        raise UserError(describe_validation_error(exc)) from None
-
-
-def _derived_keys(exc: ValidationError) -> list[str]:
-    """Computed fields (param_count, head_dim, ...) that a spec file gave as inputs."""
-    computed = {*ModelSpec.model_computed_fields, *TrainingSpec.model_computed_fields}
-    return [
-        ".".join(str(part) for part in error["loc"])
-        for error in exc.errors()
-        if error["type"] == "extra_forbidden" and error["loc"][-1] in computed
-    ]
-
-
-def resolve_parallel(path: Path, spec: ModelSpec) -> ParallelSpec:
-    """A parallel spec file, checked against the model (and its training batch)."""
-    try:
-        return load_parallel_spec(path).validate_for(spec, spec.training.batch_size)
-    except SpecFormatError as exc:
-        raise UserError(str(exc)) from None
-    except ValidationError as exc:
-        message = describe_validation_error(exc).removeprefix("invalid spec: ")
-        raise UserError(f"invalid parallel spec {path}: {message}") from None
-
-
-def spec_source(command: Callable[..., Any]) -> Callable[..., Any]:
-    """--size / --spec, shared by every command that takes a model."""
-    command = click.option(
-        "--spec",
-        "spec_file",
-        type=click.Path(path_type=Path, dir_okay=True),
-        help="Spec file: our YAML/JSON, a Hugging Face config.json or a Meta params.json "
-        "(or the checkpoint folder holding one).",
-    )(command)
-    return click.option(
-        "--size", metavar="PRESET", help=f"A preset: {', '.join(PRESETS)}."
-    )(command)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -194,7 +107,7 @@ def build_command(
     if failed:
         raise SystemExit(1)
     if not check:
-        readmes = [_printable(str(out / name / "README.md"), limit=200) for name in targets]
+        readmes = [printable(str(out / name / "README.md"), limit=200) for name in targets]
         click.echo(f"next: read {', '.join(readmes)}")
 
 
@@ -202,7 +115,7 @@ def _report_build(result: BuildResult, seconds: float) -> None:
     """Two lines: what was written where (or found unchanged), then every file in it."""
     size_kb = sum(len(data) for data in result.files.values()) / 1024
     verb = "wrote" if result.changed else "unchanged"
-    where = _printable(str(result.path), limit=200)
+    where = printable(str(result.path), limit=200)
     click.echo(f"{verb} {where} ({len(result.files)} files, {size_kb:.0f} KiB) in {seconds:.2f} s")
     click.echo("  " + "  ".join(result.files))
 
@@ -227,8 +140,8 @@ def list_command() -> None:
             s.dim,
             s.n_layers,
             s.n_heads,
-            s.num_kv_heads,
-            s.hidden_dim,
+            s.n_kv_heads,
+            s.ffn_dim,
             s.vocab_size,
             s.max_seq_len,
             s.rope_scaling.type if s.rope_scaling else "-",
@@ -249,9 +162,9 @@ def derived_numbers(spec: ModelSpec) -> dict[str, Any]:
         "name": spec.name,
         "parameters": spec.param_count,
         "dim / layers / heads / kv heads": f"{spec.dim} / {spec.n_layers} / {spec.n_heads} / "
-        f"{spec.num_kv_heads}",
+        f"{spec.n_kv_heads}",
         "head_dim": spec.head_dim,
-        "ffn hidden": spec.hidden_dim,
+        "ffn hidden": spec.ffn_dim,
         "vocab / context": f"{spec.vocab_size} / {spec.max_seq_len}",
         "FLOPs per token, forward": spec.flops_per_token_forward,
         "FLOPs per token, training": spec.flops_per_token_train,
@@ -288,17 +201,6 @@ def show_command(size: str | None, spec_file: Path | None, as_json: bool, as_spe
     ]
     click.echo(format_table(["quantity", "value"], rows))
 
-
-def format_table(header: list[str], rows: list[list[Any]]) -> str:
-    cells = [header] + [[str(cell) for cell in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in cells]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(line.rstrip() for line in lines)
-# Target-specific commands live in their own modules, which use the helpers above.
-from .cmd_bind import bind_command  # noqa: E402
-from .cmd_convert import convert_command  # noqa: E402
-from .cmd_verify import verify_command  # noqa: E402
 
 main.add_command(bind_command)
 main.add_command(convert_command)

@@ -39,7 +39,7 @@ def bind_command(folder: Path, weights: Path, embed_weights: bool) -> None:
     """
     from backends.onnx import CheckpointError
 
-    from .cli import UserError
+    from .common import UserError
 
     try:
         manifest = json.loads((folder / MANIFEST).read_text())

@@ -20,7 +20,7 @@ from backends.cerebras.mapping import FINAL_NORM_ALIAS, CheckpointLayout, rope_r
 from backends.safetensors_format import CheckpointError, read_header, safetensors_files
 from spec import ModelSpec, to_hf_config
 
-from .cli import UserError, resolve_spec, spec_source
+from .common import UserError, resolve_spec, spec_source
 
 EPILOG = """\b
 Examples:

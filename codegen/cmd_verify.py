@@ -2,17 +2,15 @@
 to the float64 oracle.
 
 The targets present are the folders OUT/<target>/ with a manifest.json written by this tool. A
-target runs through one entry of RUNNERS (a function: emitted folder, HF checkpoint folder, token
-ids -> float logits); adding a target is one function and one line there. Frameworks are imported
-only when their target is present. The oracle and the tolerances are the test suite's
-(tests/oracle.py, tests/support.py), so verify runs from a checkout of this repository.
+target runs through its entry of codegen.verifier.runners.ADAPTERS, the registry the test suite
+uses too; frameworks are imported only when their target is present. The oracle and the
+tolerances are codegen.verifier's, shipped with the package, so verify runs from any folder.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,58 +21,10 @@ from backends.safetensors_format import CheckpointError, read_header, safetensor
 from spec import ModelSpec
 
 from .build import GENERATOR, MANIFEST
-from .cli import UserError, format_table
-
-
-def run_torch(folder: Path, checkpoint: Path, tokens: np.ndarray) -> np.ndarray:
-    import torch
-
-    from tests.support import import_package
-
-    package = import_package(folder)
-    model = package.Model().eval()
-    package.load_checkpoint(model, checkpoint)
-    with torch.inference_mode():
-        return model(torch.as_tensor(tokens, dtype=torch.long)).numpy()
-
-
-def run_jax(folder: Path, checkpoint: Path, tokens: np.ndarray) -> np.ndarray:
-    import jax
-
-    from tests.support import import_package
-
-    package = import_package(folder)
-    return np.asarray(jax.jit(package.forward)(package.load_checkpoint(checkpoint), tokens))
-
-
-def run_onnx(folder: Path, checkpoint: Path, tokens: np.ndarray) -> np.ndarray:
-    """The folder's graphs bound by reference to the checkpoint (what `codegen bind` does)."""
-    from backends import BuildOptions
-    from tests.adapters.onnx_adapter import OnnxRunner
-
-    from .build import render_target, write_atomically
-
-    spec = ModelSpec.model_validate(json.loads((folder / MANIFEST).read_text())["spec"])
-    with tempfile.TemporaryDirectory() as tmp:
-        bound = Path(tmp) / "onnx"
-        write_atomically(bound, render_target(spec, "onnx", BuildOptions(weights=checkpoint)))
-        return OnnxRunner(bound, checkpoint).forward(tokens)
-
-
-def run_cerebras(folder: Path, checkpoint: Path, tokens: np.ndarray) -> np.ndarray:
-    """The Cerebras model.py holding the checkpoint converted by the folder's convert.py."""
-    from tests.adapters.cerebras_adapter import load_emitted
-
-    return load_emitted(folder, checkpoint).forward(tokens)
-
-
-# target -> runner: (emitted folder, HF checkpoint folder, int64 tokens (B, T)) -> logits (B, T, V)
-RUNNERS: dict[str, Callable[[Path, Path, np.ndarray], np.ndarray]] = {
-    "torch": run_torch,
-    "jax": run_jax,
-    "onnx": run_onnx,
-    "cerebras": run_cerebras,
-}
+from .common import UserError, format_table
+from .verifier import oracle
+from .verifier.checkpoints import random_weights, save_hf_checkpoint, weights_as_held
+from .verifier.runners import ADAPTERS
 
 
 @dataclass(frozen=True)
@@ -145,12 +95,9 @@ def verify_command(out: Path, weights: Path | None, seq: int, batch: int, seed: 
 
     \b
     Prints backend, dtype, relative L2 error and max abs error of the logits, and pass/fail
-    against the tolerance of DESIGN.md section 3 (float32 1e-5, bfloat16 2e-2); exits 1 when
-    any backend fails.
+    against the tolerance of docs/DESIGN.md, "Numeric conventions" (float32 1e-5, bfloat16
+    2e-2); exits 1 when any backend fails.
     """
-    from tests import oracle
-    from tests.support import TOLERANCE, random_weights, save_hf_checkpoint, weights_as_held
-
     emitted = discover(out)
     if not emitted:
         raise UserError(f"{out}: no target folders with a {MANIFEST} written by {GENERATOR}")
@@ -173,8 +120,8 @@ def verify_command(out: Path, weights: Path | None, seq: int, batch: int, seed: 
             tensors = read_checkpoint(weights)
         references: dict[str, np.ndarray] = {}
         for item in emitted:
-            runner = RUNNERS.get(item.target)
-            if runner is None:
+            adapter = ADAPTERS.get(item.target)
+            if adapter is None:
                 rows.append([item.target, item.dtype, "-", "-", "skipped: no runner"])
                 continue
             if item.dtype not in references:
@@ -182,7 +129,8 @@ def verify_command(out: Path, weights: Path | None, seq: int, batch: int, seed: 
                 references[item.dtype] = oracle.forward(spec, held, tokens)
             reference = references[item.dtype]
             try:
-                logits = runner(item.folder, weights, tokens)
+                workdir = Path(tmp) / item.target
+                logits = adapter().open(item.folder, weights, workdir).forward(tokens)
             except Exception as exc:  # noqa: BLE001 - a backend that crashes fails; others still run
                 rows.append(
                     [item.target, item.dtype, "-", "-", f"FAIL: {type(exc).__name__}: {exc}"]
@@ -195,11 +143,11 @@ def verify_command(out: Path, weights: Path | None, seq: int, batch: int, seed: 
                 continue
             error = oracle.relative_error(logits, reference)
             max_abs = float(np.max(np.abs(logits.astype(np.float64) - reference)))
-            ok = error <= TOLERANCE[item.dtype]
+            ok = error <= oracle.TOLERANCE[item.dtype]
             failed |= not ok
             rows.append(
                 [item.target, item.dtype, f"{error:.2e}", f"{max_abs:.2e}",
-                 f"{'pass' if ok else 'FAIL'} (tol {TOLERANCE[item.dtype]:g})"]
+                 f"{'pass' if ok else 'FAIL'} (tol {oracle.TOLERANCE[item.dtype]:g})"]
             )  # fmt: skip
     click.echo(f"{spec.name}: batch {batch} x seq {seq}, weights {source}")
     click.echo(format_table(["backend", "dtype", "rel L2", "max abs", "result"], rows))

@@ -167,10 +167,10 @@ def to_hf_config(spec: ModelSpec) -> dict[str, Any]:
         "model_type": "llama",
         "vocab_size": spec.vocab_size,
         "hidden_size": spec.dim,
-        "intermediate_size": spec.hidden_dim,
+        "intermediate_size": spec.ffn_dim,
         "num_hidden_layers": spec.n_layers,
         "num_attention_heads": spec.n_heads,
-        "num_key_value_heads": spec.num_kv_heads,
+        "num_key_value_heads": spec.n_kv_heads,
         "head_dim": spec.head_dim,
         "hidden_act": "silu",
         "max_position_embeddings": spec.max_seq_len,
@@ -194,13 +194,7 @@ SPEC_FILE_HEADER = """\
 def to_spec_yaml(spec: ModelSpec) -> str:
     """The spec as a YAML spec file that `load_spec` reads back to an equal spec.
 
-    Every input field is written (computed ones are derived, not accepted), except Meta's FFN
-    rule inputs when `ffn_dim` is given and they were not: written out they would be checked
-    against `ffn_dim` and could contradict it (e.g. an HF config's intermediate_size).
+    Every input field is written; computed ones are derived on reading, so they are left out.
     """
     data = spec.model_dump(mode="json", exclude_computed_fields=True)
-    if spec.ffn_dim is not None:
-        for key in ("multiple_of", "ffn_dim_multiplier"):
-            if key not in spec.model_fields_set:
-                del data[key]
     return SPEC_FILE_HEADER + yaml.safe_dump(data, sort_keys=False, width=100)

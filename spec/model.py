@@ -9,12 +9,15 @@ import hashlib
 import json
 import math
 from enum import Enum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
     computed_field,
     field_validator,
     model_validator,
@@ -28,7 +31,29 @@ UnitFloat = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    """Immutable, strict about unknown keys, documented field by field (attribute docstrings)."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", validate_default=True, use_attribute_docstrings=True
+    )
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _accept_derived_values(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """Derived values (computed fields) may appear in the input, as `model_dump()` writes
+        them, if they agree with the fields they derive from; they are never inputs."""
+        derived = {}
+        if isinstance(data, dict):
+            derived = {key: data[key] for key in cls.model_computed_fields if key in data}
+            data = {key: value for key, value in data.items() if key not in derived}
+        model = handler(data)
+        for key, given in derived.items():
+            if given != getattr(model, key):
+                raise ValueError(
+                    f"{key} ({given!r}) is derived from the other fields, which give "
+                    f"{getattr(model, key)!r}; leave it out"
+                )
+        return model
 
 
 class DType(str, Enum):
@@ -68,21 +93,40 @@ RopeScaling = Annotated[LinearRopeScaling | Llama3RopeScaling, Field(discriminat
 
 
 class TrainingSpec(_Frozen):
-    """How the model is trained (the LLaMA paper's recipe by default); read by the Cerebras target."""
+    """How the model is trained: the LLaMA paper's recipe by default (Touvron et al. 2023,
+    arXiv:2302.13971, section 2.3 and Table 2). Read by the Cerebras target's params YAML and
+    train.py; not part of the architecture, so not of `ModelSpec.fingerprint()`."""
 
     optimizer: Literal["adamw"] = "adamw"
+    """The optimizer: AdamW, Adam with decoupled weight decay (Loshchilov & Hutter 2019)."""
     beta1: UnitFloat = 0.9
+    """AdamW's first-moment decay rate (dimensionless); 0.9 in the LLaMA paper."""
     beta2: UnitFloat = 0.95
+    """AdamW's second-moment decay rate (dimensionless); 0.95 in the LLaMA paper."""
     adam_eps: PositiveFloat = 1e-8
+    """AdamW's epsilon, added to the root of the second moment; the paper gives none, this is
+    PyTorch's `torch.optim.AdamW` default."""
     weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.1
+    """Decoupled weight decay per step, as a fraction of the learning rate times the weight; 0.1
+    in the LLaMA paper."""
     grad_clip: PositiveFloat = 1.0
+    """Gradients are rescaled to at most this global L2 norm; 1.0 in the LLaMA paper."""
     peak_lr: PositiveFloat = 3e-4
+    """Learning rate at the end of warm-up (per step, dimensionless): 3e-4 for LLaMA 7B and 13B,
+    1.5e-4 for 33B and 65B (paper, Table 2)."""
     min_lr_ratio: UnitFloat = 0.1
+    """Final learning rate of the cosine schedule as a fraction of `peak_lr`; 10% in the paper."""
     warmup_steps: Annotated[int, Field(ge=0, le=2**31 - 1)] = 2000
+    """Optimizer steps of linear warm-up from 0 to `peak_lr`; 2000 in the paper."""
     batch_tokens: PositiveInt = 4 * 2**20
+    """Tokens per optimizer step (all sequences of a global batch); "4M" in the paper, read as
+    4 * 2**20 = 2048 sequences of 2048 tokens."""
     seq_len: PositiveInt = 2048
+    """Tokens per training sequence: 2048 for LLaMA, 4096 for Llama 2, 8192 for Llama 3."""
     total_tokens: Annotated[int, Field(gt=0, le=10**15)] = 10**12
+    """Tokens seen in the whole run: 1.0T for LLaMA 7B/13B, 1.4T for 33B/65B, 2T for Llama 2."""
     precision: DType = DType.bfloat16
+    """Compute dtype of training (mixed precision: float32 master weights and optimizer state)."""
 
     @model_validator(mode="after")
     def _check_batch(self) -> TrainingSpec:
@@ -105,6 +149,63 @@ class TrainingSpec(_Frozen):
         return -(-self.total_tokens // self.batch_tokens)
 
 
+# Validators of the inputs that defaults are resolved from, before the fields are validated.
+_POSITIVE_INT: TypeAdapter[int] = TypeAdapter(PositiveInt)
+_MULTIPLIER: TypeAdapter[float | None] = TypeAdapter(PositiveFloat | None)
+
+
+def _valid_or_none(value: Any, kind: TypeAdapter[Any]) -> Any:
+    """`value` validated by `kind`, or None when it is not valid (its own field reports that)."""
+    try:
+        return kind.validate_python(value)
+    except ValidationError:
+        return None
+
+
+def _derivation_input(name: str, value: Any, kind: TypeAdapter[Any]) -> Any:
+    """An input that only derives ffn_dim, validated by `kind`; ValueError naming it if bad."""
+    try:
+        return kind.validate_python(value)
+    except ValidationError as exc:
+        raise ValueError(f"{name}: {exc.errors()[0]['msg']}") from None
+
+
+def _resolve_kv_heads(data: dict[str, Any]) -> None:
+    """n_kv_heads defaults to n_heads (multi-head attention)."""
+    if data.get("n_kv_heads") is None:
+        data.pop("n_kv_heads", None)
+        n_heads = _valid_or_none(data.get("n_heads"), _POSITIVE_INT)
+        if n_heads is not None:
+            data["n_kv_heads"] = n_heads
+
+
+def _resolve_ffn_dim(data: dict[str, Any]) -> None:
+    """ffn_dim defaults to Meta's rule; multiple_of and ffn_dim_multiplier are consumed here.
+
+    Raises ValueError when an explicit ffn_dim contradicts an explicit multiple_of or
+    ffn_dim_multiplier, or when one of those two is invalid.
+    """
+    rule_given = {"multiple_of", "ffn_dim_multiplier"} & data.keys()
+    multiple_of = _derivation_input("multiple_of", data.pop("multiple_of", 256), _POSITIVE_INT)
+    multiplier = _derivation_input(
+        "ffn_dim_multiplier", data.pop("ffn_dim_multiplier", None), _MULTIPLIER
+    )
+    if data.get("ffn_dim") is None:
+        data.pop("ffn_dim", None)
+    dim = _valid_or_none(data.get("dim"), _POSITIVE_INT)
+    if dim is None:
+        return
+    rule = meta_ffn_hidden_dim(dim, multiple_of, multiplier)
+    given = _valid_or_none(data.get("ffn_dim"), _POSITIVE_INT)
+    if "ffn_dim" not in data:
+        data["ffn_dim"] = rule
+    elif rule_given and given is not None and given != rule:
+        raise ValueError(
+            f"ffn_dim ({given}) contradicts Meta's rule for dim {dim}, multiple_of "
+            f"{multiple_of}, ffn_dim_multiplier {multiplier} (gives {rule}); give one or the other"
+        )
+
+
 def meta_ffn_hidden_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | None) -> int:
     """Meta's rule: 2/3 of 4*dim, optionally scaled, rounded up to a multiple of `multiple_of`."""
     hidden = int(2 * 4 * dim / 3)
@@ -114,29 +215,70 @@ def meta_ffn_hidden_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | 
 
 
 class ModelSpec(_Frozen):
-    """One LLaMA-family decoder: everything a backend needs to emit it."""
+    """One LLaMA-family decoder: everything a backend needs to emit it.
+
+    Every quantity has one name. Two inputs only derive `ffn_dim` and are not stored: give
+    `multiple_of` (default 256) and optionally `ffn_dim_multiplier` instead of `ffn_dim`, as Meta's
+    params.json does; given with `ffn_dim` they must agree with it. `n_kv_heads` defaults to
+    `n_heads`. So a model has the same fields, and the same fingerprint, however it was written.
+    """
 
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    """Identifier of the model: names the output folder and appears in emitted code and
+    headers (letters, digits, `.`, `_`, `-`; at most 64 characters)."""
     vocab_size: Annotated[int, Field(gt=0, le=2**24)]
+    """Rows of the token embedding and of the output head (tokens): 32000 for LLaMA 1/2's
+    SentencePiece tokenizer, 128256 for Llama 3's. HF `vocab_size`."""
     dim: PositiveInt
+    """Width of the residual stream (features per token). HF `hidden_size`, Meta `dim`."""
     n_layers: Annotated[int, Field(gt=0, le=1024)]
+    """Decoder blocks (attention + feed-forward). HF `num_hidden_layers`, Meta `n_layers`."""
     n_heads: PositiveInt
-    n_kv_heads: PositiveInt | None = Field(
-        default=None, description="Key/value heads (GQA); None means n_heads."
-    )
-    ffn_dim: PositiveInt | None = Field(
-        default=None, description="FFN hidden size; None derives it by Meta's rule."
-    )
-    multiple_of: PositiveInt = 256
-    ffn_dim_multiplier: PositiveFloat | None = None
+    """Query heads of each attention layer; head_dim = dim / n_heads. HF `num_attention_heads`."""
+    n_kv_heads: PositiveInt = Field(default=None, validate_default=False)  # type: ignore[assignment]
+    """Key/value heads (grouped-query attention, Ainslie et al. 2023, arXiv:2305.13245); each
+    serves n_heads / n_kv_heads consecutive query heads. Default: n_heads (multi-head attention).
+    HF `num_key_value_heads`, Meta `n_kv_heads`."""
+    ffn_dim: PositiveInt = Field(default=None, validate_default=False)  # type: ignore[assignment]
+    """Hidden width of the SwiGLU feed-forward (features; Shazeer 2020, arXiv:2002.05202). HF
+    `intermediate_size`. Default: Meta's rule from `multiple_of` and `ffn_dim_multiplier`,
+    `meta_ffn_hidden_dim` (meta-llama/llama, model.py, FeedForward)."""
     norm_eps: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)] = 1e-6
+    """Added to the mean square in RMSNorm (Zhang & Sennrich 2019): 1e-6 for LLaMA 7B-33B, 1e-5
+    for LLaMA 65B, Llama 2 and 3. HF `rms_norm_eps`, Meta `norm_eps`."""
     rope_theta: Annotated[float, Field(gt=1, allow_inf_nan=False)] = 10000.0
+    """Base of the rotary position embedding's frequencies theta^(-2i/head_dim) (Su et al. 2021,
+    arXiv:2104.09864): 10000 for LLaMA 1/2, 500000 for Llama 3. HF `rope_theta`."""
     rope_scaling: RopeScaling | None = None
+    """Rescaling of the RoPE frequencies for contexts longer than trained: none, linear
+    (position interpolation) or llama3 (Llama 3.1). HF `rope_scaling` / `rope_parameters`."""
     max_seq_len: Annotated[int, Field(gt=0, le=2**24)] = 2048
+    """Longest sequence (tokens): the size of the RoPE tables and KV caches emitted. HF
+    `max_position_embeddings`."""
     tie_embeddings: bool = False
+    """Whether the output head reuses the token embedding matrix (no separate lm_head.weight).
+    HF `tie_word_embeddings`; false for every LLaMA."""
     dtype: DType = DType.float32
+    """Default parameter and activation dtype of the emitted models (RMSNorm and softmax always
+    compute in float32)."""
     init_std: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.02
+    """Standard deviation of the normal initialisation of weight matrices in emitted models (norm
+    weights start at 1). HF `initializer_range`."""
     training: TrainingSpec = TrainingSpec()
+    """The training recipe; outside the architecture fingerprint."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_defaults(cls, data: Any) -> Any:
+        """Fill n_kv_heads and ffn_dim from the fields they default to, so that a model given
+        with or without them validates to the same spec. A default whose inputs are invalid
+        is left unset: the error on those inputs is the one to report."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        _resolve_kv_heads(data)
+        _resolve_ffn_dim(data)
+        return data
 
     @field_validator("name")
     @classmethod
@@ -153,25 +295,9 @@ class ModelSpec(_Frozen):
             raise ValueError(
                 f"head_dim = dim / n_heads = {self.dim // self.n_heads} must be even for RoPE"
             )
-        if self.n_heads % self.num_kv_heads:
-            raise ValueError(
-                f"n_kv_heads ({self.num_kv_heads}) must divide n_heads ({self.n_heads})"
-            )
-        given = {"multiple_of", "ffn_dim_multiplier"} & self.model_fields_set
-        if self.ffn_dim is not None and given:
-            rule = meta_ffn_hidden_dim(self.dim, self.multiple_of, self.ffn_dim_multiplier)
-            if rule != self.ffn_dim:
-                raise ValueError(
-                    f"ffn_dim ({self.ffn_dim}) contradicts Meta's rule for dim {self.dim}, "
-                    f"multiple_of {self.multiple_of}, ffn_dim_multiplier "
-                    f"{self.ffn_dim_multiplier} (gives {rule}); give one or the other"
-                )
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_kv_heads ({self.n_kv_heads}) must divide n_heads ({self.n_heads})")
         return self
-
-    @computed_field
-    @property
-    def num_kv_heads(self) -> int:
-        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
 
     @computed_field
     @property
@@ -182,21 +308,13 @@ class ModelSpec(_Frozen):
     @property
     def kv_groups(self) -> int:
         """Query heads per key/value head."""
-        return self.n_heads // self.num_kv_heads
-
-    @computed_field
-    @property
-    def hidden_dim(self) -> int:
-        """FFN hidden size, explicit or by Meta's rule."""
-        if self.ffn_dim is not None:
-            return self.ffn_dim
-        return meta_ffn_hidden_dim(self.dim, self.multiple_of, self.ffn_dim_multiplier)
+        return self.n_heads // self.n_kv_heads
 
     @computed_field
     @property
     def params_per_layer(self) -> int:
-        attention = 2 * self.dim * self.dim + 2 * self.dim * self.num_kv_heads * self.head_dim
-        return attention + 3 * self.dim * self.hidden_dim + 2 * self.dim
+        attention = 2 * self.dim * self.dim + 2 * self.dim * self.n_kv_heads * self.head_dim
+        return attention + 3 * self.dim * self.ffn_dim + 2 * self.dim
 
     @computed_field
     @property
@@ -245,11 +363,19 @@ class ModelSpec(_Frozen):
         return inv
 
     def canonical_json(self) -> str:
-        """The spec as sorted JSON (inputs only): the identity a build is reproducible from."""
-        return json.dumps(self.model_dump(mode="json", exclude_computed_fields=True), sort_keys=True)
+        """The whole spec as sorted JSON (fields only, training included): what a build is
+        reproducible from, written into every manifest."""
+        return json.dumps(
+            self.model_dump(mode="json", exclude_computed_fields=True), sort_keys=True
+        )
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+        """sha256 (hex) of the architecture: the canonical JSON without the training recipe.
+        Printed in every emitted file's header, so a new learning rate changes no header."""
+        architecture = self.model_dump(
+            mode="json", exclude_computed_fields=True, exclude={"training"}
+        )
+        return hashlib.sha256(json.dumps(architecture, sort_keys=True).encode()).hexdigest()
 
 
 def _llama3_scale(freq: float, s: Llama3RopeScaling) -> float:

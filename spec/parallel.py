@@ -42,7 +42,6 @@ class LogicalAxis(str, Enum):
     batch = "batch"  # activations: rows of a batch
 
 
-MESH_AXES: tuple[MeshAxis, ...] = tuple(MeshAxis)
 # Logical axes the tensor axis may shard: the torch plan splits exactly these (Megatron-style).
 TENSOR_SHARDABLE = frozenset(
     {LogicalAxis.vocab, LogicalAxis.heads, LogicalAxis.kv_heads, LogicalAxis.mlp}
@@ -103,9 +102,9 @@ def logical_sizes(model: ModelSpec, batch_size: int | None = None) -> dict[Logic
         _L.vocab: model.vocab_size,
         _L.embed: model.dim,
         _L.heads: model.n_heads,
-        _L.kv_heads: model.num_kv_heads,
+        _L.kv_heads: model.n_kv_heads,
         _L.head_dim: model.head_dim,
-        _L.mlp: model.hidden_dim,
+        _L.mlp: model.ffn_dim,
         _L.layers: model.n_layers,
     }
     if batch_size is not None:

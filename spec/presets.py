@@ -1,6 +1,12 @@
-"""Named model sizes: LLaMA (Touvron et al., 2023), Llama 2, Llama 3/3.1, and tiny test models."""
+"""Named model sizes: LLaMA (Touvron et al., 2023), Llama 2, Llama 3/3.1, and tiny test models.
+
+One keyword row per preset; the keys every size of a family shares come from the family's dict
+(the papers' tables and Meta's params.json files).
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from .model import Llama3RopeScaling, ModelSpec, TrainingSpec
 
@@ -18,69 +24,63 @@ _TINY_TRAINING = TrainingSpec(
 _LLAMA3_ROPE = Llama3RopeScaling(
     factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192
 )
+_TINY_LLAMA3_ROPE = Llama3RopeScaling(
+    factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=64
+)
 
+# What every size of a family shares, with the training recipe of its smaller and larger sizes.
+_LLAMA1: dict[str, Any] = {"vocab_size": 32000, "multiple_of": 256, "max_seq_len": 2048}
+_LLAMA1_S = {**_LLAMA1, "training": _LLAMA1_SMALL}
+_LLAMA1_L = {**_LLAMA1, "training": _LLAMA1_LARGE}
+_LLAMA2: dict[str, Any] = {"vocab_size": 32000, "norm_eps": 1e-5, "max_seq_len": 4096}
+_LLAMA2_S = {**_LLAMA2, "training": _LLAMA2_SMALL}
+_LLAMA2_L = {**_LLAMA2, "training": _LLAMA2_LARGE}
+_LLAMA3: dict[str, Any] = {"vocab_size": 128256, "n_kv_heads": 8, "ffn_dim_multiplier": 1.3}
+_LLAMA3 |= {"norm_eps": 1e-5, "rope_theta": 500000.0, "max_seq_len": 8192}
+_LLAMA3_S = {**_LLAMA3, "training": _LLAMA3_SMALL}
+_LLAMA3_L = {**_LLAMA3, "training": _LLAMA3_LARGE}
+_TINY: dict[str, Any] = {"vocab_size": 515, "dim": 64, "n_layers": 2, "n_heads": 4}
+_TINY |= {"multiple_of": 16, "max_seq_len": 128, "norm_eps": 1e-5, "training": _TINY_TRAINING}
 
-def _llama1(name: str, dim: int, n_layers: int, n_heads: int, eps: float, training: TrainingSpec):
-    return ModelSpec(
-        name=name, vocab_size=32000, dim=dim, n_layers=n_layers, n_heads=n_heads,
-        multiple_of=256, norm_eps=eps, max_seq_len=2048, training=training,
-    )  # fmt: skip
-
-
-def _llama2(name: str, dim: int, n_layers: int, n_heads: int, training: TrainingSpec, **gqa):
-    return ModelSpec(
-        name=name, vocab_size=32000, dim=dim, n_layers=n_layers, n_heads=n_heads,
-        norm_eps=1e-5, max_seq_len=4096, training=training, **gqa,
-    )  # fmt: skip
-
-
-def _llama3(name: str, dim: int, n_layers: int, n_heads: int, training: TrainingSpec, **extra):
-    return ModelSpec(
-        name=name, vocab_size=128256, dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=8,
-        ffn_dim_multiplier=1.3, norm_eps=1e-5, rope_theta=500000.0, training=training,
-        **{"multiple_of": 1024, "max_seq_len": 8192, **extra},
-    )  # fmt: skip
-
-
-PRESETS: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in [
-        _llama1("7b", 4096, 32, 32, 1e-6, _LLAMA1_SMALL),
-        _llama1("13b", 5120, 40, 40, 1e-6, _LLAMA1_SMALL),
-        _llama1("33b", 6656, 60, 52, 1e-6, _LLAMA1_LARGE),
-        _llama1("65b", 8192, 80, 64, 1e-5, _LLAMA1_LARGE),
-        _llama2("llama2-7b", 4096, 32, 32, _LLAMA2_SMALL),
-        _llama2("llama2-13b", 5120, 40, 40, _LLAMA2_SMALL),
-        _llama2(
-            "llama2-70b", 8192, 80, 64, _LLAMA2_LARGE,
-            n_kv_heads=8, ffn_dim_multiplier=1.3, multiple_of=4096,
-        ),  # fmt: skip
-        _llama3("llama3-8b", 4096, 32, 32, _LLAMA3_SMALL),
-        _llama3("llama3-70b", 8192, 80, 64, _LLAMA3_LARGE, multiple_of=4096),
-        _llama3(
-            "llama3.1-8b", 4096, 32, 32, _LLAMA3_SMALL,
-            max_seq_len=131072, rope_scaling=_LLAMA3_ROPE,
-        ),  # fmt: skip
-        ModelSpec(
-            name="tiny", vocab_size=515, dim=64, n_layers=2, n_heads=4, multiple_of=16,
-            max_seq_len=128, norm_eps=1e-5, training=_TINY_TRAINING,
-        ),  # fmt: skip
-        ModelSpec(
-            name="tiny-gqa", vocab_size=515, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
-            multiple_of=16, max_seq_len=128, norm_eps=1e-5, tie_embeddings=True,
-            training=_TINY_TRAINING,
-        ),  # fmt: skip
-        ModelSpec(
-            name="tiny-llama3", vocab_size=515, dim=64, n_layers=2, n_heads=4, n_kv_heads=1,
-            multiple_of=16, max_seq_len=256, norm_eps=1e-5, rope_theta=500000.0,
-            rope_scaling=Llama3RopeScaling(
-                factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                original_max_position_embeddings=64,
-            ),
-            training=_TINY_TRAINING,
-        ),  # fmt: skip
-    ]
-}
+_SPECS = [
+    ModelSpec(name="7b", dim=4096, n_layers=32, n_heads=32, norm_eps=1e-6, **_LLAMA1_S),
+    ModelSpec(name="13b", dim=5120, n_layers=40, n_heads=40, norm_eps=1e-6, **_LLAMA1_S),
+    ModelSpec(name="33b", dim=6656, n_layers=60, n_heads=52, norm_eps=1e-6, **_LLAMA1_L),
+    ModelSpec(name="65b", dim=8192, n_layers=80, n_heads=64, norm_eps=1e-5, **_LLAMA1_L),
+    ModelSpec(name="llama2-7b", dim=4096, n_layers=32, n_heads=32, **_LLAMA2_S),
+    ModelSpec(name="llama2-13b", dim=5120, n_layers=40, n_heads=40, **_LLAMA2_S),
+    ModelSpec(
+        name="llama2-70b",
+        dim=8192,
+        n_layers=80,
+        n_heads=64,
+        **_LLAMA2_L,
+        n_kv_heads=8,
+        ffn_dim_multiplier=1.3,
+        multiple_of=4096,
+    ),
+    ModelSpec(name="llama3-8b", dim=4096, n_layers=32, n_heads=32, multiple_of=1024, **_LLAMA3_S),
+    ModelSpec(name="llama3-70b", dim=8192, n_layers=80, n_heads=64, multiple_of=4096, **_LLAMA3_L),
+    ModelSpec(
+        name="llama3.1-8b",
+        **{**_LLAMA3_S, "max_seq_len": 131072},
+        dim=4096,
+        n_layers=32,
+        n_heads=32,
+        multiple_of=1024,
+        rope_scaling=_LLAMA3_ROPE,
+    ),
+    ModelSpec(name="tiny", **_TINY),
+    ModelSpec(name="tiny-gqa", n_kv_heads=2, tie_embeddings=True, **_TINY),
+    ModelSpec(
+        name="tiny-llama3",
+        **{**_TINY, "max_seq_len": 256},
+        n_kv_heads=1,
+        rope_theta=500000.0,
+        rope_scaling=_TINY_LLAMA3_ROPE,
+    ),
+]
+PRESETS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
 
 
 class UnknownPresetError(KeyError):

@@ -20,14 +20,15 @@ from backends import BuildOptions
 from backends.cerebras.mapping import rope_row_order
 from codegen.build import render_target
 from codegen.cli import main
+from codegen.verifier import oracle
+from codegen.verifier.checkpoints import random_weights, save_hf_checkpoint
+from codegen.verifier.emitted import build_target, import_file
+from codegen.verifier.oracle import TOLERANCE
+from codegen.verifier.runners.cerebras_runner import CerebrasAdapter
+from codegen.verifier.runners.torch_runner import TorchAdapter
 from spec import get_preset
-from tests import oracle
-from tests.adapters.cerebras_adapter import CerebrasAdapter
-from tests.adapters.torch_adapter import TorchAdapter
-from tests.conftest import SHARED
-from tests.support import TOLERANCE, build_target, import_file, random_weights, save_hf_checkpoint
+from tests.cerebras_modelzoo import MODELZOO_FILES
 
-FIXTURES = SHARED / "fixtures" / "cerebras"
 SIZES = ["7b", "13b", "33b", "65b", "llama2-7b", "llama2-13b", "llama2-70b", "llama3-8b"]
 # Keys we state although Cerebras's 7B files leave them to a default that equals LLaMA's
 # (rope_theta, initializer_range), or that only GQA / scaled-RoPE models need.
@@ -58,7 +59,7 @@ def assert_same_keys(ours: dict, theirs: dict, where: str) -> None:
 
 
 def read_fixture(name: str) -> dict:
-    return yaml.safe_load((FIXTURES / name).read_text())
+    return yaml.safe_load(MODELZOO_FILES[name])
 
 
 def test_trainer_layout_matches_model_zoo_2_10_llama2_7b():
@@ -132,16 +133,16 @@ def test_every_size_builds_with_the_paper_recipe(size):
     t = spec.training
     for model in (init["model"], legacy["model"]):
         assert model["rotary_dim"] == spec.head_dim  # never the Model Zoo's 25% default
-        assert model["hidden_size"] == spec.dim and model["filter_size"] == spec.hidden_dim
+        assert model["hidden_size"] == spec.dim and model["filter_size"] == spec.ffn_dim
         assert model["num_heads"] == spec.n_heads and model["num_hidden_layers"] == spec.n_layers
         assert model["layer_norm_epsilon"] == spec.norm_eps  # a float, not the string "1e-05"
         assert model["rope_theta"] == spec.rope_theta
         assert model["share_embedding_weights"] is spec.tie_embeddings
         assert (model["norm_type"], model["nonlinearity"]) == ("rmsnorm", "swiglu")
         assert model["loss_scaling"] == "num_tokens"
-        if spec.num_kv_heads != spec.n_heads:
+        if spec.n_kv_heads != spec.n_heads:
             assert model["attention_module"] == "multiquery_attention"
-            assert model["extra_attention_params"] == {"num_kv_groups": spec.num_kv_heads}
+            assert model["extra_attention_params"] == {"num_kv_groups": spec.n_kv_heads}
         else:
             assert "attention_module" not in model
     steps = -(-t.total_tokens // (t.batch_size * t.seq_len))
@@ -195,7 +196,7 @@ def test_convert_round_trip_is_exact_and_interleaves_rows(size, tmp_path):
     reloaded = convert.load_hf(tmp_path / "hf")
     assert all(torch.equal(reloaded[k], hf[k]) for k in hf)
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["num_key_value_heads"] == (
-        spec.num_kv_heads
+        spec.n_kv_heads
     )
 
 

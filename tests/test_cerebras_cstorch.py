@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from codegen.verifier import oracle
+from codegen.verifier.emitted import build_target
+from codegen.verifier.oracle import TOLERANCE
+from codegen.verifier.runners.cerebras_runner import CerebrasAdapter
+from codegen.verifier.runners.torch_runner import TorchAdapter
 from spec import get_preset
-from tests import oracle
-from tests.adapters.cerebras_adapter import CerebrasAdapter
-from tests.adapters.torch_adapter import TorchAdapter
-from tests.support import TOLERANCE, build_target
 
 CACHE = Path(os.environ.get("LLAMA_CODEGEN_CACHE", Path.home() / ".cache" / "llama-codegen"))
 VENV = CACHE / "cerebras-venv"

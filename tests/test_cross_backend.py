@@ -12,16 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backends import BuildOptions
-from tests import oracle
-from tests.adapters import ADAPTERS
+from codegen.verifier import oracle
+from codegen.verifier.checkpoints import random_weights, save_hf_checkpoint
+from codegen.verifier.emitted import build_target, import_package
+from codegen.verifier.oracle import TOLERANCE
+from codegen.verifier.runners import ADAPTERS
 from tests.strategies import tiny_specs, token_batches
-from tests.support import (
-    TOLERANCE,
-    build_target,
-    import_package,
-    random_weights,
-    save_hf_checkpoint,
-)
 
 TARGETS = list(ADAPTERS)
 # Two float32 backends may each be up to 1e-5 from the oracle; in practice they agree to ~1e-6.

@@ -11,10 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests import oracle
-from tests.adapters import ADAPTERS
+from codegen.verifier import oracle
+from codegen.verifier.checkpoints import random_weights, save_hf_checkpoint, weights_as_held
+from codegen.verifier.oracle import TOLERANCE
+from codegen.verifier.runners import ADAPTERS
 from tests.strategies import tiny_specs, token_batches
-from tests.support import TOLERANCE, random_weights, save_hf_checkpoint, weights_as_held
 
 CASES = [
     (target, dtype)

@@ -15,15 +15,11 @@ import numpy as np
 import pytest
 
 from backends import BuildOptions
+from codegen.verifier import oracle
+from codegen.verifier.checkpoints import random_weights, save_hf_checkpoint
+from codegen.verifier.emitted import build_target, import_package
+from codegen.verifier.oracle import TOLERANCE
 from spec import DType, LinearRopeScaling, ModelSpec, get_preset, to_hf_config
-from tests import oracle
-from tests.support import (
-    TOLERANCE,
-    build_target,
-    import_package,
-    random_weights,
-    save_hf_checkpoint,
-)
 
 LINEAR_ROPE = ModelSpec(
     name="tiny-linear", vocab_size=301, dim=48, n_layers=2, n_heads=3, n_kv_heads=1, ffn_dim=80,
@@ -161,7 +157,7 @@ def test_param_shapes_count_the_spec_parameters(size, tmp_path):
     assert sum(math.prod(shape) for shape in shapes) == spec.param_count
     config = package.CONFIG
     assert (config.dim, config.n_layers, config.n_heads, config.n_kv_heads, config.hidden_dim) == (
-        spec.dim, spec.n_layers, spec.n_heads, spec.num_kv_heads, spec.hidden_dim,
+        spec.dim, spec.n_layers, spec.n_heads, spec.n_kv_heads, spec.ffn_dim,
     )  # fmt: skip
     assert (config.vocab_size, config.max_seq_len, config.norm_eps, config.rope_theta) == (
         spec.vocab_size, spec.max_seq_len, spec.norm_eps, spec.rope_theta,

@@ -22,16 +22,12 @@ from backends import BuildOptions
 from backends.onnx import CheckpointError
 from codegen.build import OutputError, render_target
 from codegen.cli import main
+from codegen.verifier import oracle
+from codegen.verifier.checkpoints import random_weights, round_to_bfloat16, save_hf_checkpoint
+from codegen.verifier.emitted import build_target
+from codegen.verifier.oracle import TOLERANCE
+from codegen.verifier.runners.onnx_runner import OnnxRunner
 from spec import DType, ModelSpec, get_preset, to_hf_config
-from tests import oracle
-from tests.adapters.onnx_adapter import OnnxRunner
-from tests.support import (
-    TOLERANCE,
-    build_target,
-    random_weights,
-    round_to_bfloat16,
-    save_hf_checkpoint,
-)
 
 ROOT = Path(__file__).resolve().parent.parent
 GQA_TIED = get_preset("tiny-gqa")

@@ -25,8 +25,9 @@ from click.testing import CliRunner
 from backends import BuildOptions
 from codegen.build import render_target
 from codegen.cli import main
+from codegen.verifier.checkpoints import random_weights, save_hf_checkpoint
+from codegen.verifier.emitted import build_target
 from spec import ModelSpec, ParallelSpec, TrainingSpec, get_preset
-from tests.support import build_target, random_weights, save_hf_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 # 8 heads over 4 key/value heads: heads, kv heads, FFN and vocabulary all split 4 ways.
@@ -84,7 +85,7 @@ def worker(folders: dict[str, str], out: Path) -> None:
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from tests.support import import_package
+    from codegen.verifier.emitted import import_package
 
     assert jax.device_count() == 8, jax.devices()
     packages = {key: import_package(Path(folder)) for key, folder in folders.items()}
@@ -245,7 +246,7 @@ def test_adamw_matches_torch(tmp_path):
     import jax
     import torch
 
-    from tests.support import import_package
+    from codegen.verifier.emitted import import_package
 
     package = import_package(build_target(SPEC, "jax", tmp_path))
     sharding = importlib.import_module(package.__name__ + ".sharding")

@@ -20,9 +20,10 @@ from pydantic import ValidationError
 from backends import BuildOptions
 from codegen.build import render_target
 from codegen.cli import main
+from codegen.verifier.checkpoints import random_weights, save_hf_checkpoint
+from codegen.verifier.emitted import build_target
 from spec import ModelSpec, ParallelSpec, get_preset, load_parallel_spec, logical_axes
 from spec.parallel import LogicalAxis
-from tests.support import build_target, random_weights, save_hf_checkpoint
 
 # Tied GQA (4 heads, 2 kv heads) and untied MHA; vocabularies that split over 2.
 GQA = ModelSpec.model_validate(get_preset("tiny-gqa").model_dump(exclude_computed_fields=True)
@@ -57,7 +58,7 @@ def worker(rank: int, world: int, port: int, folders: dict, configs: dict, out: 
     import torch.distributed as dist
     import torch.nn.functional as F
 
-    from tests.support import import_package
+    from codegen.verifier.emitted import import_package
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
@@ -165,7 +166,7 @@ def test_parallel_matches_one_process(world, configs, folders, tmp_path):
 
 
 def test_every_weight_has_logical_axes_of_its_rank():
-    from tests.support import weight_shapes
+    from codegen.verifier.checkpoints import weight_shapes
 
     for spec in (GQA, MHA):
         axes = logical_axes(spec)

@@ -28,8 +28,9 @@ from hypothesis import strategies as st
 from backends import TARGETS, BuildOptions
 from codegen.build import compare, render_target
 from codegen.cli import main
+from codegen.verifier.checkpoints import random_weights, save_hf_checkpoint
+from codegen.verifier.emitted import build_target, import_package
 from spec import PRESETS, get_preset
-from tests.support import build_target, import_package, random_weights, save_hf_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 VALID = {"name": "fuzz", "vocab_size": 100, "dim": 64, "n_layers": 2, "n_heads": 4}

@@ -34,7 +34,7 @@ TABLE = {
 def test_preset_matches_design_table(name):
     s = get_preset(name)
     actual = (
-        s.dim, s.n_layers, s.n_heads, s.num_kv_heads, s.hidden_dim, s.vocab_size,
+        s.dim, s.n_layers, s.n_heads, s.n_kv_heads, s.ffn_dim, s.vocab_size,
         s.max_seq_len, s.norm_eps, s.rope_theta, s.param_count,
     )  # fmt: skip
     assert actual == TABLE[name]
@@ -115,7 +115,7 @@ def test_invalid_spec_names_the_field(changes, field, words):
 
 def test_consistent_explicit_ffn_is_accepted():
     spec = ModelSpec(**BASE, ffn_dim=176, multiple_of=16)
-    assert spec.hidden_dim == 176
+    assert spec.ffn_dim == 176
 
 
 def test_spec_is_frozen():
@@ -135,7 +135,7 @@ HF_4X = {
 
 
 def _same_model(a: ModelSpec, b: ModelSpec) -> bool:
-    keys = ("vocab_size", "dim", "n_layers", "n_heads", "num_kv_heads", "hidden_dim", "norm_eps",
+    keys = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "norm_eps",
             "rope_theta", "rope_scaling", "max_seq_len", "tie_embeddings")  # fmt: skip
     return all(getattr(a, k) == getattr(b, k) for k in keys)
 

@@ -13,9 +13,10 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from backends import BuildOptions
+from codegen.verifier import oracle
+from codegen.verifier.checkpoints import random_weights, save_hf_checkpoint
+from codegen.verifier.emitted import build_target, import_package
 from spec import PRESETS, DType, ModelSpec, get_preset, to_hf_config
-from tests import oracle
-from tests.support import build_target, import_package, random_weights, save_hf_checkpoint
 
 EXTERNAL_CASES = {
     "mha": get_preset("tiny"),
@@ -103,7 +104,7 @@ def write_meta_checkpoint(spec: ModelSpec, weights: dict, folder, shards: int) -
         if "wq" in meta:
             value = half_to_interleaved(value, spec.n_heads)
         elif "wk" in meta:
-            value = half_to_interleaved(value, spec.num_kv_heads)
+            value = half_to_interleaved(value, spec.n_kv_heads)
         kind = meta.split(".")[-2]
         axis = 0 if kind in row_split else 1 if kind in column_split else None
         pieces = np.array_split(value, shards, axis=axis) if axis is not None else [value] * shards
@@ -113,7 +114,7 @@ def write_meta_checkpoint(spec: ModelSpec, weights: dict, folder, shards: int) -
     for i, part in enumerate(parts):
         torch.save(part, folder / f"consolidated.{i:02d}.pth")
     params = {"dim": spec.dim, "n_layers": spec.n_layers, "n_heads": spec.n_heads,
-              "n_kv_heads": spec.num_kv_heads, "vocab_size": spec.vocab_size,
+              "n_kv_heads": spec.n_kv_heads, "vocab_size": spec.vocab_size,
               "norm_eps": spec.norm_eps, "rope_theta": spec.rope_theta}  # fmt: skip
     (folder / "params.json").write_text(json.dumps(params))
 

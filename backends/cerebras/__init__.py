@@ -141,8 +141,8 @@ def config_context(spec: ModelSpec) -> dict[str, Any]:
         "num_hidden_layers": spec.n_layers,
         "layer_norm_epsilon": spec.norm_eps,
         "num_heads": spec.n_heads,
-        "num_kv_groups": spec.num_kv_heads if spec.num_kv_heads != spec.n_heads else None,
-        "filter_size": spec.hidden_dim,
+        "num_kv_groups": spec.n_kv_heads if spec.n_kv_heads != spec.n_heads else None,
+        "filter_size": spec.ffn_dim,
         "initializer_range": spec.init_std,
         **training_context(spec),
     }

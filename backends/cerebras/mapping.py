@@ -48,9 +48,7 @@ class CheckpointLayout:
 
     @classmethod
     def of(cls, spec: ModelSpec) -> CheckpointLayout:
-        return cls(
-            spec.n_layers, spec.n_heads, spec.num_kv_heads, spec.head_dim, spec.tie_embeddings
-        )
+        return cls(spec.n_layers, spec.n_heads, spec.n_kv_heads, spec.head_dim, spec.tie_embeddings)
 
     def hf_to_cs(self) -> dict[str, str]:
         """Every Hugging Face tensor name (a tied model has no lm_head) -> its Cerebras name."""

@@ -25,7 +25,7 @@ from ..safetensors_format import (
 FLOAT_DTYPES = {k: ITEM_SIZES[k] for k in ("F32", "BF16", "F16")}
 # Spec fields a config.json beside the weights must agree with.
 CONFIG_FIELDS = (
-    "vocab_size", "dim", "n_layers", "n_heads", "num_kv_heads", "hidden_dim", "norm_eps",
+    "vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "norm_eps",
     "rope_theta", "rope_scaling", "tie_embeddings",
 )  # fmt: skip
 
@@ -43,7 +43,7 @@ class Checkpoint:
 
 def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     """Every tensor of a Hugging Face `LlamaForCausalLM` checkpoint of this spec, in graph order."""
-    d, kv = spec.dim, spec.num_kv_heads * spec.head_dim
+    d, kv = spec.dim, spec.n_kv_heads * spec.head_dim
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (spec.vocab_size, d)}
     for i in range(spec.n_layers):
         p = f"model.layers.{i}."
@@ -54,9 +54,9 @@ def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
             p + "self_attn.v_proj.weight": (kv, d),
             p + "self_attn.o_proj.weight": (d, d),
             p + "post_attention_layernorm.weight": (d,),
-            p + "mlp.gate_proj.weight": (spec.hidden_dim, d),
-            p + "mlp.up_proj.weight": (spec.hidden_dim, d),
-            p + "mlp.down_proj.weight": (d, spec.hidden_dim),
+            p + "mlp.gate_proj.weight": (spec.ffn_dim, d),
+            p + "mlp.up_proj.weight": (spec.ffn_dim, d),
+            p + "mlp.down_proj.weight": (d, spec.ffn_dim),
         }
     shapes["model.norm.weight"] = (d,)
     if not spec.tie_embeddings:

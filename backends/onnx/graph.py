@@ -150,7 +150,7 @@ def attention(
     k = g.linear(h, w[p + "self_attn.k_proj.weight"], out + "k")  # (B, T, kv_heads * head_dim)
     v = g.linear(h, w[p + "self_attn.v_proj.weight"], out + "v")
     q = g.rope(q, rope, spec.n_heads, out + "q_rope")
-    k = g.rope(k, rope, spec.num_kv_heads, out + "k_rope")
+    k = g.rope(k, rope, spec.n_kv_heads, out + "k_rope")
     cache_in = ["", f"past_key_values.{i}.key", f"past_key_values.{i}.value"] if with_past else []
     cache_out = [f"present.{i}.key", f"present.{i}.value"] if with_past else []
     y = g.ops(
@@ -159,7 +159,7 @@ def attention(
         [out + "attn", *cache_out],
         is_causal=1,  # aligned to the end: new token t sees the past and new tokens up to t
         q_num_heads=spec.n_heads,
-        kv_num_heads=spec.num_kv_heads,
+        kv_num_heads=spec.n_kv_heads,
         scale=float(1 / np.sqrt(spec.head_dim)),
     )[0]  # (B, T, n_heads * head_dim)
     y = g.linear(y, w[p + "self_attn.o_proj.weight"], out + "attn_out")
@@ -193,7 +193,7 @@ def decoder(spec: ModelSpec, weights: dict[str, Weight], with_past: bool) -> Mod
     head = "model.embed_tokens.weight" if spec.tie_embeddings else "lm_head.weight"
     g.linear(x, w[head], "logits")  # (B, T, vocab)
 
-    kv, hd = spec.num_kv_heads, spec.head_dim
+    kv, hd = spec.n_kv_heads, spec.head_dim
     inputs = [tensor_info("input_ids", TensorProto.INT64, [BATCH, SEQ])]
     outputs = [tensor_info("logits", TensorProto.FLOAT, [BATCH, SEQ, spec.vocab_size])]
     for i in range(spec.n_layers if with_past else 0):

@@ -1,7 +1,7 @@
 """An independent float64 numpy LLaMA forward pass: the reference every backend is held to.
 
-Written from the paper and DESIGN.md section 3, not from the templates. Weights are a dict in our
-canonical layout: Hugging Face names, half-layout RoPE rows.
+Written from the LLaMA paper and docs/DESIGN.md ("Numeric conventions"), not from the templates.
+Weights are a dict in our canonical layout: Hugging Face names, half-layout RoPE rows.
 """
 
 from __future__ import annotations
@@ -81,8 +81,8 @@ def forward(spec: ModelSpec, weights: dict[str, np.ndarray], tokens: np.ndarray)
             p = f"model.layers.{i}."
             h = rms_norm(x, w[p + "input_layernorm.weight"], spec.norm_eps)
             q = (h @ w[p + "self_attn.q_proj.weight"].T).reshape(T, spec.n_heads, spec.head_dim)
-            k = (h @ w[p + "self_attn.k_proj.weight"].T).reshape(T, spec.num_kv_heads, -1)
-            v = (h @ w[p + "self_attn.v_proj.weight"].T).reshape(T, spec.num_kv_heads, -1)
+            k = (h @ w[p + "self_attn.k_proj.weight"].T).reshape(T, spec.n_kv_heads, -1)
+            v = (h @ w[p + "self_attn.v_proj.weight"].T).reshape(T, spec.n_kv_heads, -1)
             q, k = rotate(q, positions, freqs), rotate(k, positions, freqs)
             y = attention(q, k, v, spec.kv_groups).reshape(T, spec.dim)
             x = x + y @ w[p + "self_attn.o_proj.weight"].T
@@ -94,6 +94,11 @@ def forward(spec: ModelSpec, weights: dict[str, np.ndarray], tokens: np.ndarray)
         head = w["model.embed_tokens.weight" if spec.tie_embeddings else "lm_head.weight"]
         batch.append(x @ head.T)
     return np.stack(batch)
+
+
+# Relative L2 error of logits against the float64 oracle that a backend may reach, per dtype
+# (docs/DESIGN.md, "Numeric conventions").
+TOLERANCE = {"float32": 1e-5, "bfloat16": 2e-2}
 
 
 def relative_error(out: np.ndarray, ref: np.ndarray) -> float:

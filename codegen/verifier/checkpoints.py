@@ -1,29 +1,20 @@
-"""Shared test helpers: random weights in the canonical (HF) layout, checkpoints, builds, imports."""
+"""Weights in the canonical layout (Hugging Face names, half-layout RoPE rows), as numpy arrays:
+random draws, the bfloat16 rounding a model applies when it loads them, and HF checkpoint folders.
+Used by `codegen verify` and the tests alike."""
 
 from __future__ import annotations
 
-import importlib.util
-import itertools
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 
-from backends import BuildOptions
-from codegen.build import render_target, write_atomically
 from spec import ModelSpec, to_hf_config
-
-# Relative L2 error of logits against the float64 oracle (DESIGN.md section 3).
-TOLERANCE = {"float32": 1e-5, "bfloat16": 2e-2}
-
-_package_ids = itertools.count()
 
 
 def weight_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     """Every tensor of a checkpoint in our canonical layout (HF names; no lm_head when tied)."""
-    d, kv = spec.dim, spec.num_kv_heads * spec.head_dim
+    d, kv = spec.dim, spec.n_kv_heads * spec.head_dim
     shapes = {"model.embed_tokens.weight": (spec.vocab_size, d), "model.norm.weight": (d,)}
     if not spec.tie_embeddings:
         shapes["lm_head.weight"] = (spec.vocab_size, d)
@@ -34,9 +25,9 @@ def weight_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
             p + "self_attn.k_proj.weight": (kv, d),
             p + "self_attn.v_proj.weight": (kv, d),
             p + "self_attn.o_proj.weight": (d, d),
-            p + "mlp.gate_proj.weight": (spec.hidden_dim, d),
-            p + "mlp.up_proj.weight": (spec.hidden_dim, d),
-            p + "mlp.down_proj.weight": (d, spec.hidden_dim),
+            p + "mlp.gate_proj.weight": (spec.ffn_dim, d),
+            p + "mlp.up_proj.weight": (spec.ffn_dim, d),
+            p + "mlp.down_proj.weight": (d, spec.ffn_dim),
             p + "input_layernorm.weight": (d,),
             p + "post_attention_layernorm.weight": (d,),
         }
@@ -79,34 +70,3 @@ def save_hf_checkpoint(spec: ModelSpec, weights: dict[str, np.ndarray], folder: 
         {k: np.ascontiguousarray(v) for k, v in weights.items()}, folder / "model.safetensors"
     )
     return folder
-
-
-def build_target(
-    spec: ModelSpec, target: str, out: Path, options: BuildOptions | None = None
-) -> Path:
-    """Build one target into out/<target> and return that folder."""
-    dest = out / target
-    write_atomically(dest, render_target(spec, target, options or BuildOptions()))
-    return dest
-
-
-def _load(name: str, path: Path, search_locations: list[str] | None = None) -> ModuleType:
-    module_spec = importlib.util.spec_from_file_location(
-        name, path, submodule_search_locations=search_locations
-    )
-    assert module_spec is not None and module_spec.loader is not None
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[name] = module
-    module_spec.loader.exec_module(module)
-    return module
-
-
-def import_package(folder: Path) -> ModuleType:
-    """Import an emitted folder as a package under a fresh name (its imports are relative)."""
-    name = f"emitted_{folder.name}_{next(_package_ids)}"
-    return _load(name, folder / "__init__.py", [str(folder)])
-
-
-def import_file(path: Path) -> ModuleType:
-    """Import one emitted script (run.py, model.py, convert.py) as a module under a fresh name."""
-    return _load(f"emitted_{path.parent.name}_{path.stem}_{next(_package_ids)}", path)

@@ -1,3 +1,5 @@
+"""The torch target: the emitted package's Model holding an HF checkpoint, run on CPU."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +9,8 @@ import torch
 
 from backends import BuildOptions
 from spec import DType, ModelSpec
-from tests.support import build_target, import_package
+
+from ..emitted import build_target, import_package
 
 
 class TorchRunner:
@@ -41,6 +44,9 @@ class TorchAdapter:
 
     def load(self, spec: ModelSpec, dtype: str, checkpoint: Path, workdir: Path) -> TorchRunner:
         folder = build_target(spec, "torch", workdir, BuildOptions(dtype=DType(dtype)))
+        return self.open(folder, checkpoint, workdir)
+
+    def open(self, folder: Path, checkpoint: Path, workdir: Path) -> TorchRunner:
         package = import_package(folder)
         model = package.Model().eval()
         package.load_checkpoint(model, checkpoint)

@@ -1,3 +1,5 @@
+"""The jax target: the emitted package's jitted pure functions over its loaded params pytree."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +10,8 @@ import numpy as np
 
 from backends import BuildOptions
 from spec import DType, ModelSpec
-from tests.support import build_target, import_package
+
+from ..emitted import build_target, import_package
 
 
 class JaxRunner:
@@ -39,5 +42,8 @@ class JaxAdapter:
 
     def load(self, spec: ModelSpec, dtype: str, checkpoint: Path, workdir: Path) -> JaxRunner:
         folder = build_target(spec, "jax", workdir, BuildOptions(dtype=DType(dtype)))
+        return self.open(folder, checkpoint, workdir)
+
+    def open(self, folder: Path, checkpoint: Path, workdir: Path) -> JaxRunner:
         package = import_package(folder)
         return JaxRunner(package, package.load_checkpoint(checkpoint))

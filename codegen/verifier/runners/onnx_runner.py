@@ -4,13 +4,16 @@ model_with_past.onnx)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
 from backends import BuildOptions
 from spec import ModelSpec
-from tests.support import build_target, import_file
+
+from ...build import MANIFEST
+from ..emitted import build_target, import_file
 
 
 class OnnxRunner:
@@ -48,3 +51,9 @@ class OnnxAdapter:
     def load(self, spec: ModelSpec, dtype: str, checkpoint: Path, workdir: Path) -> OnnxRunner:
         folder = build_target(spec, "onnx", workdir, BuildOptions(weights=checkpoint))
         return OnnxRunner(folder, checkpoint)
+
+    def open(self, folder: Path, checkpoint: Path, workdir: Path) -> OnnxRunner:
+        """The folder's graphs bound by reference to the checkpoint (what `codegen bind` does),
+        written to workdir/onnx: the folder itself is left as it is."""
+        spec = ModelSpec.model_validate(json.loads((folder / MANIFEST).read_text())["spec"])
+        return self.load(spec, "float32", checkpoint, workdir)

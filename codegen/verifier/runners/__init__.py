@@ -1,8 +1,12 @@
-"""One harness over backends. Each backend contributes an adapter that builds an emitted
-package from a spec, loads the shared canonical (HF-layout safetensors) checkpoint, and runs it.
+"""The one registry of per-target runners, used by `codegen verify` and by the test suite.
 
-Add a backend: write `<target>_adapter.py` with a class satisfying `Adapter`, add one line to
-`ADAPTERS`. The equivalence tests in tests/test_equivalence.py then cover it.
+Each target contributes an adapter that opens an emitted folder with a Hugging Face-layout
+safetensors checkpoint (`open`), or builds the folder from a spec first (`load`), and returns a
+`Runner`. Factories import their framework only when called, so verifying a torch build never
+imports jax.
+
+Add a target: write `<target>_runner.py` with a class satisfying `Adapter`, add one line to
+`ADAPTERS`. `codegen verify` and the equivalence tests (tests/test_equivalence.py) then cover it.
 """
 
 from __future__ import annotations
@@ -35,27 +39,31 @@ class Adapter(Protocol):
     def load(self, spec: ModelSpec, dtype: str, checkpoint: Path, workdir: Path) -> Runner:
         """Build `target` for `spec` in `workdir`, load the HF-layout checkpoint folder."""
 
+    def open(self, folder: Path, checkpoint: Path, workdir: Path) -> Runner:
+        """The emitted folder `folder` (built earlier) holding the HF-layout checkpoint; scratch
+        files, if any, go to `workdir`, which must outlive the runner."""
+
 
 def _torch() -> Adapter:
-    from .torch_adapter import TorchAdapter
+    from .torch_runner import TorchAdapter
 
     return TorchAdapter()
 
 
 def _jax() -> Adapter:
-    from .jax_adapter import JaxAdapter
+    from .jax_runner import JaxAdapter
 
     return JaxAdapter()
 
 
 def _onnx() -> Adapter:
-    from .onnx_adapter import OnnxAdapter
+    from .onnx_runner import OnnxAdapter
 
     return OnnxAdapter()
 
 
 def _cerebras() -> Adapter:
-    from .cerebras_adapter import CerebrasAdapter
+    from .cerebras_runner import CerebrasAdapter
 
     return CerebrasAdapter()
 
