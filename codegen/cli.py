@@ -25,7 +25,7 @@ from spec import (
 )
 
 from . import __version__
-from .build import OutputError, build, compare, render_target
+from .build import OutputError, compare, preflight, render_target, write_atomically
 
 EPILOG_BUILD = """\b
 Examples:
@@ -91,9 +91,9 @@ def spec_source(command: Callable[..., Any]) -> Callable[..., Any]:
         help="Spec file: our YAML/JSON, a Hugging Face config.json or a Meta params.json "
         "(or the checkpoint folder holding one).",
     )(command)
-    return click.option(
-        "--size", metavar="PRESET", help=f"A preset: {', '.join(PRESETS)}."
-    )(command)
+    return click.option("--size", metavar="PRESET", help=f"A preset: {', '.join(PRESETS)}.")(
+        command
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -161,24 +161,33 @@ def build_command(
         parallel=resolve_parallel(parallel_file, spec) if parallel_file else None,
     )  # fmt: skip
     targets = list(TARGETS) if target == "all" else [target]
-    failed = False
-    for name in targets:
+    if check:
+        failed = False
+        for name in targets:
+            failed |= _check_one(spec, name, out, options)
+        if failed:
+            raise SystemExit(1)
+        return
+    try:
+        # every target rendered and its folder checked before the first is written: all or none
+        rendered = {name: render_target(spec, name, options) for name in targets}
+        for name, files in rendered.items():
+            preflight(out / name, files, force)
+    except OutputError as exc:
+        raise UserError(str(exc)) from None
+    for name, files in rendered.items():
         started = time.perf_counter()
         try:
-            if check:
-                failed |= _check_one(spec, name, out, options)
-                continue
-            result = build(spec, name, out, options, force=force)
+            changed = write_atomically(
+                out / name, files, force=force, on_backup=lambda line: click.echo(line, err=True)
+            )
         except OutputError as exc:
             raise UserError(str(exc)) from None
-        size_kb = sum(len(data) for data in result.files.values()) / 1024
-        verb = "wrote" if result.changed else "unchanged"
+        size_kb = sum(len(data) for data in files.values()) / 1024
         click.echo(
-            f"{verb} {result.path} ({len(result.files)} files, {size_kb:.0f} KiB) "
-            f"in {time.perf_counter() - started:.2f} s"
+            f"{'wrote' if changed else 'unchanged'} {out / name} ({len(files)} files, "
+            f"{size_kb:.0f} KiB) in {time.perf_counter() - started:.2f} s"
         )
-    if failed:
-        raise SystemExit(1)
 
 
 def _check_one(spec: ModelSpec, target: str, out: Path, options: BuildOptions) -> bool:
@@ -238,7 +247,9 @@ def derived_numbers(spec: ModelSpec) -> dict[str, Any]:
 
 @main.command("show")
 @spec_source
-@click.option("--json", "as_json", is_flag=True, help="Print the full spec and derived values as JSON.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the full spec and derived values as JSON."
+)
 def show_command(size: str | None, spec_file: Path | None, as_json: bool) -> None:
     """Show a spec's derived numbers: parameters, FLOPs per token, memory."""
     spec = resolve_spec(size, spec_file)
@@ -258,6 +269,8 @@ def format_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in cells]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(line.rstrip() for line in lines)
+
+
 # Target-specific commands live in their own modules, which use the helpers above.
 from .cmd_bind import bind_command  # noqa: E402
 from .cmd_convert import convert_command  # noqa: E402
