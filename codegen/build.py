@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from backends import BuildOptions, get_backend
 from backends.base import OptionError
@@ -439,6 +439,43 @@ def _write_locked(
         if on_backup is not None:
             on_backup(f"kept {dest / old} (not this build's version) as {dest / backup}")
     return True
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it; set back at once (the CLI has one thread)
+    os.umask(mask)
+    return mask
+
+
+def write_file_atomically(
+    path: Path, write: Callable[[BinaryIO], None], check: Callable[[Path], None] | None = None
+) -> None:
+    """Write one file as `write` fills it: into a private temporary in the same folder, fsynced,
+    `check`ed (it raises on a bad file), then renamed over `path` in one step. Whatever fails or
+    interrupts it (an error, a full disk, Ctrl-C) leaves `path` as it was and no temporary.
+    The file gets the umask's mode. Raises OutputError for the OS's errors."""
+    try:
+        fd, name = tempfile.mkstemp(
+            prefix=f".{path.name}.{GENERATOR}-", suffix=".tmp", dir=path.parent
+        )
+    except OSError as exc:
+        raise OutputError(f"cannot write to {path.parent}: {exc.strerror}") from None
+    tmp = Path(name)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if check is not None:
+            check(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def preflight(dest: Path, files: dict[str, bytes], force: bool) -> None:
