@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
-from pydantic import ValidationError
 
 from backends import BuildOptions
 from spec import ModelSpec
 
-from .build import MANIFEST, OutputError, render_target, write_atomically
+from .build import MANIFEST, OutputError, read_manifest, render_target, write_atomically
 
 EPILOG_BIND = """\b
 Examples:
@@ -41,12 +39,14 @@ def bind_command(folder: Path, weights: Path, embed_weights: bool) -> None:
 
     from .cli import UserError
 
+    manifest = read_manifest(folder)  # bounded, and checked as every write path checks it
     try:
-        manifest = json.loads((folder / MANIFEST).read_text())
+        if manifest is None:
+            raise ValueError(MANIFEST)
         spec = ModelSpec.model_validate(manifest["spec"])
         target = manifest["target"]
-    except (OSError, ValueError, KeyError, TypeError, ValidationError):
-        raise UserError(f"{folder}: no readable {MANIFEST}; is it an ONNX build?") from None
+    except (ValueError, KeyError, TypeError):  # pydantic's ValidationError is a ValueError
+        raise UserError(f"{folder}: no valid {MANIFEST}; is it an ONNX build?") from None
     if target != "onnx":
         raise UserError(f"{folder} holds a {target!r} build; bind takes an ONNX build")
     options = BuildOptions(weights=weights, embed_weights=embed_weights)

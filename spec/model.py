@@ -23,6 +23,18 @@ from pydantic import (
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 PositiveInt = Annotated[int, Field(gt=0, le=2**31 - 1)]
+
+# Upper bounds of a spec, so that no input costs more than its size suggests (a 1e9-head spec
+# would build tables of a billion rows; a dim of 2**30 a 4 GiB RoPE table in the ONNX graph).
+# Each is 8x or more above the largest LLaMA (405B: dim 16384, 128 heads, ffn 53248, 126 layers,
+# vocab 128256, context 131072).
+MAX_DIM = 2**17  # model width
+MAX_HEADS = 2**12  # attention (and key/value) heads
+MAX_FFN = 2**20  # FFN hidden width, given or derived by Meta's rule
+MAX_FFN_MULTIPLIER = 16.0  # Meta's ffn_dim_multiplier (1.3 and 1.5 in the released models)
+MAX_VOCAB = 2**24
+MAX_LAYERS = 1024
+MAX_SEQ_LEN = 2**24
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 UnitFloat = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 
@@ -117,22 +129,24 @@ class ModelSpec(_Frozen):
     """One LLaMA-family decoder: everything a backend needs to emit it."""
 
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
-    vocab_size: Annotated[int, Field(gt=0, le=2**24)]
-    dim: PositiveInt
-    n_layers: Annotated[int, Field(gt=0, le=1024)]
-    n_heads: PositiveInt
-    n_kv_heads: PositiveInt | None = Field(
+    vocab_size: Annotated[int, Field(gt=0, le=MAX_VOCAB)]
+    dim: Annotated[int, Field(gt=0, le=MAX_DIM)]
+    n_layers: Annotated[int, Field(gt=0, le=MAX_LAYERS)]
+    n_heads: Annotated[int, Field(gt=0, le=MAX_HEADS)]
+    n_kv_heads: Annotated[int, Field(gt=0, le=MAX_HEADS)] | None = Field(
         default=None, description="Key/value heads (GQA); None means n_heads."
     )
-    ffn_dim: PositiveInt | None = Field(
+    ffn_dim: Annotated[int, Field(gt=0, le=MAX_FFN)] | None = Field(
         default=None, description="FFN hidden size; None derives it by Meta's rule."
     )
-    multiple_of: PositiveInt = 256
-    ffn_dim_multiplier: PositiveFloat | None = None
+    multiple_of: Annotated[int, Field(gt=0, le=MAX_FFN)] = 256
+    ffn_dim_multiplier: (
+        Annotated[float, Field(gt=0, le=MAX_FFN_MULTIPLIER, allow_inf_nan=False)] | None
+    ) = None
     norm_eps: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)] = 1e-6
     rope_theta: Annotated[float, Field(gt=1, allow_inf_nan=False)] = 10000.0
     rope_scaling: RopeScaling | None = None
-    max_seq_len: Annotated[int, Field(gt=0, le=2**24)] = 2048
+    max_seq_len: Annotated[int, Field(gt=0, le=MAX_SEQ_LEN)] = 2048
     tie_embeddings: bool = False
     dtype: DType = DType.float32
     init_std: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.02
@@ -156,6 +170,10 @@ class ModelSpec(_Frozen):
         if self.n_heads % self.num_kv_heads:
             raise ValueError(
                 f"n_kv_heads ({self.num_kv_heads}) must divide n_heads ({self.n_heads})"
+            )
+        if self.ffn_dim is None and self.hidden_dim > MAX_FFN:
+            raise ValueError(
+                f"Meta's rule gives an FFN width of {self.hidden_dim}, over the limit {MAX_FFN}"
             )
         given = {"multiple_of", "ffn_dim_multiplier"} & self.model_fields_set
         if self.ffn_dim is not None and given:
@@ -246,7 +264,9 @@ class ModelSpec(_Frozen):
 
     def canonical_json(self) -> str:
         """The spec as sorted JSON (inputs only): the identity a build is reproducible from."""
-        return json.dumps(self.model_dump(mode="json", exclude_computed_fields=True), sort_keys=True)
+        return json.dumps(
+            self.model_dump(mode="json", exclude_computed_fields=True), sort_keys=True
+        )
 
     def fingerprint(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
