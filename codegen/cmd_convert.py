@@ -248,11 +248,14 @@ def merged_config(path: Path, spec: ModelSpec, force: bool) -> dict[str, object]
         if path.stat().st_size > MAX_SPEC_BYTES:
             raise ValueError("too large")
         existing = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        existing = None
+    try:
         same = isinstance(existing, dict) and _architecture(
             from_hf_config(existing, name=spec.name)
         ) == _architecture(spec)
-    except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError):
-        existing, same = None, False  # pydantic's ValidationError is a ValueError
+    except (ValueError, KeyError, TypeError, AttributeError):
+        same = False  # pydantic's ValidationError and SpecFormatError are ValueErrors
     if same:
         return {**existing, **ours}
     if not force:
