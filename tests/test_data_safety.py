@@ -23,7 +23,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from codegen.build import OutputError, render_target, write_file_atomically
+from codegen.build import OutputError, render_target
 from codegen.cli import main
 from spec import get_preset
 from tests.support import random_weights, save_hf_checkpoint
@@ -224,6 +224,8 @@ def test_failing_convert_keeps_the_old_output_and_leaves_no_temporary(tmp_path, 
 
 def test_interrupted_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     """Ctrl-C in the middle of writing (KeyboardInterrupt raised by the writer)."""
+    from codegen.build import write_file_atomically
+
     path = tmp_path / "model.safetensors"
     path.write_bytes(b"old")
 
@@ -270,14 +272,18 @@ def test_convert_to_hf_keeps_the_keys_of_an_existing_config(tmp_path, ck):
 # --- 6: two builds into the same folder at once --------------------------------------------
 
 
-def test_concurrent_builds_into_one_folder_end_consistent_and_lose_nothing(tmp_path):
+@pytest.mark.parametrize("user_file", [False, True])
+def test_concurrent_builds_into_one_folder_end_consistent_and_lose_nothing(tmp_path, user_file):
+    """Four builds at once, two specs, several rounds: every build succeeds, the folder is one
+    whole build (plus the user's file), no temporary is left."""
     out = tmp_path / "out"
     assert build(out).exit_code == 0
-    (out / "torch" / "NOTES.md").write_text("notes")
+    if user_file:
+        (out / "torch" / "NOTES.md").write_text("notes")
     expected = {
         name: render_target(get_preset(name), "torch", _options()) for name in ("tiny", "tiny-gqa")
     }
-    for _ in range(3):
+    for _ in range(3 if user_file else 6):  # a race: more rounds when it is all we test
         processes = [
             subprocess.Popen(
                 [
@@ -305,7 +311,7 @@ def test_concurrent_builds_into_one_folder_end_consistent_and_lose_nothing(tmp_p
             _, stderr = process.communicate(timeout=120)
             assert process.returncode == 0, stderr
         files = tree(out / "torch")
-        assert files.pop("NOTES.md") == b"notes"
+        assert not user_file or files.pop("NOTES.md") == b"notes"
         assert files in expected.values()
         assert sorted(p.name for p in out.iterdir()) == ["torch"]
 
