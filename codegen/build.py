@@ -213,12 +213,12 @@ def plan_carry(dest: Path, files: dict[str, bytes], force: bool) -> Carry | None
     if not dest.exists():
         return Carry([], [], [])
     if dest.is_symlink() or not dest.is_dir():
-        raise OutputError(f"{dest} exists and is not a folder")
+        raise OutputError(f"{_shown(dest)} exists and is not a folder")
     entries, empty_dirs = _entries(dest)
     manifest = read_manifest(dest)
     if manifest is None and (entries or empty_dirs) and not force:
         raise OutputError(
-            f"{dest} is not empty and has no valid {MANIFEST} of {GENERATOR}; "
+            f"{_shown(dest)} is not empty and has no valid {MANIFEST} of {GENERATOR}; "
             "use --force to build into it (its files are kept)"
         )
     if manifest is not None and _same(dest, files):
@@ -226,12 +226,14 @@ def plan_carry(dest: Path, files: dict[str, bytes], force: bool) -> Carry | None
     new = json.loads(files[MANIFEST])
     if manifest is not None and not force:
         if manifest["target"] != new["target"]:
-            raise OutputError(f"{dest} holds a {manifest['target']!r} build; use --force")
+            raise OutputError(
+                f"{_shown(dest)} holds a {_printable(manifest['target'])} build; use --force"
+            )
         if manifest["spec_sha256"] != new["spec_sha256"]:
             other = manifest.get("spec", {})
             name = other.get("name") if isinstance(other, dict) else None
             raise OutputError(
-                f"{dest} holds a build of another spec ({_printable(name)}); "
+                f"{_shown(dest)} holds a build of another spec ({_printable(name)}); "
                 "use --force to replace it"
             )
     listed = manifest["files"] if manifest is not None else {}
@@ -248,15 +250,15 @@ def plan_carry(dest: Path, files: dict[str, bytes], force: bool) -> Carry | None
     kept = carried + conflicts + empty_dirs
     blocked = [rel for rel in kept if any(rel.startswith(name + "/") for name in files)]
     if blocked:
-        raise OutputError(f"{dest / blocked[0]}: the new build writes a file at its folder")
+        raise OutputError(f"{_shown(dest / blocked[0])}: the new build writes a file at its folder")
     if conflicts and not force:
         rel = conflicts[0]
         why = f"was edited after {GENERATOR} wrote it" if rel in listed else "is not this tool's"
         raise OutputError(
-            f"{dest / rel} {why}; use --force to rebuild "
+            f"{_shown(dest / rel)} {why}; use --force to rebuild "
             f"(your version is then kept as {Path(rel).name}.edited)"
         )
-    taken = set(files) | set(entries)
+    taken = set(files) | set(entries) | set(empty_dirs)
     backups = []
     for rel in conflicts:
         backup = _backup_name(rel, taken)
@@ -276,6 +278,12 @@ def _same(dest: Path, files: dict[str, bytes]) -> bool:
         except OSError:
             return False
     return True
+
+
+def _shown(path: Path) -> str:
+    """A path for a one-line message: as is when printable, else escaped by ascii()."""
+    text = str(path)
+    return text if text.isprintable() else ascii(text)
 
 
 def _printable(text: object) -> str:
@@ -370,7 +378,7 @@ def _carry_over(old: Path, new: Path, carry: Carry) -> None:
             except OSError:  # another file system mounted inside, or links not allowed
                 shutil.copy2(src, dst)
         else:
-            raise OutputError(f"{src}: cannot keep it (not a file, folder or link)")
+            raise OutputError(f"{_shown(src)}: cannot keep it (not a file, folder or link)")
     for rel in carry.empty_dirs:
         (new / rel).mkdir(parents=True, exist_ok=True)
     # sub-folder modes as the user left them (last: a read-only folder would refuse the links);

@@ -468,3 +468,17 @@ def test_verify_refuses_absurd_work_up_front(tmp_path, size, extra):
     completed, seconds = _run_limited(["verify", str(out), *extra], memory_bytes=4 * 2**30)
     _refused_in_one_line(completed, "GiB")
     assert seconds < 60
+
+
+def test_a_user_file_with_an_odd_name_in_the_way_is_named_on_one_line(tmp_path):
+    """A folder of the user's where the build writes README.md, holding a file whose name has a
+    newline: refused even with --force (nothing may be lost), the name escaped by ascii()."""
+    assert build(tmp_path).exit_code == 0
+    readme = tmp_path / "torch" / "README.md"
+    readme.unlink()
+    readme.mkdir()
+    (readme / "a\nb").write_text("mine")
+    for extra in ([], ["--force"]):
+        message = one_line_error(build(tmp_path, *extra))
+        assert "a\\nb" in message
+    assert (readme / "a\nb").read_text() == "mine"
