@@ -28,7 +28,8 @@ Examples:
     help="A Hugging Face safetensors checkpoint folder (or one .safetensors file).",
 )
 @click.option("--embed-weights", is_flag=True, help="Copy the weights into the graphs instead.")
-def bind_command(folder: Path, weights: Path, embed_weights: bool) -> None:
+@click.option("--force", is_flag=True, help="Rebind over edited files (kept as <name>.edited).")
+def bind_command(folder: Path, weights: Path, embed_weights: bool, force: bool) -> None:
     """Bind the ONNX graphs in FOLDER to a checkpoint, by reference: nothing is copied.
 
     FOLDER is the output of `build --target onnx`; its manifest names the spec. The graphs are
@@ -51,7 +52,12 @@ def bind_command(folder: Path, weights: Path, embed_weights: bool) -> None:
         raise UserError(f"{folder} holds a {target!r} build; bind takes an ONNX build")
     options = BuildOptions(weights=weights, embed_weights=embed_weights)
     try:
-        changed = write_atomically(folder, render_target(spec, "onnx", options))
+        changed = write_atomically(
+            folder,
+            render_target(spec, "onnx", options),
+            force=force,
+            on_backup=lambda line: click.echo(line, err=True),
+        )
     except (CheckpointError, OutputError) as exc:
         raise UserError(str(exc)) from None
     how = "embedded" if embed_weights else "by reference"

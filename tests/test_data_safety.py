@@ -482,3 +482,14 @@ def test_a_user_file_with_an_odd_name_in_the_way_is_named_on_one_line(tmp_path):
         message = one_line_error(build(tmp_path, *extra))
         assert "a\\nb" in message
     assert (readme / "a\nb").read_text() == "mine"
+
+
+def test_bind_refuses_an_edited_run_py_and_keeps_it_with_force(tmp_path, ck):
+    assert build(tmp_path, target="onnx").exit_code == 0
+    run_py = tmp_path / "onnx" / "run.py"
+    edited = run_py.read_text() + "\n# my change\n"
+    run_py.write_text(edited)
+    message = one_line_error(cli("bind", tmp_path / "onnx", "--weights", ck))
+    assert "run.py" in message and run_py.read_text() == edited
+    assert cli("bind", tmp_path / "onnx", "--weights", ck, "--force").exit_code == 0
+    assert (tmp_path / "onnx" / "run.py.edited").read_text() == edited
