@@ -325,7 +325,7 @@ def test_largest_presets_build_every_target_under_1_gb(tmp_path):
         "import resource, subprocess, sys\n"
         f"for size in ({largest.name!r}, 'llama3.1-8b'):\n"
         "    subprocess.run([sys.executable, '-m', 'codegen', 'build', '--size', size,"
-        f" '--target', 'all', '--out', {str(tmp_path)!r}], check=True)\n"
+        f" '--target', 'all', '--out', {str(tmp_path)!r}, '--force'], check=True)\n"
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
     )
     completed = subprocess.run(
