@@ -493,3 +493,24 @@ def test_bind_refuses_an_edited_run_py_and_keeps_it_with_force(tmp_path, ck):
     assert "run.py" in message and run_py.read_text() == edited
     assert cli("bind", tmp_path / "onnx", "--weights", ck, "--force").exit_code == 0
     assert (tmp_path / "onnx" / "run.py.edited").read_text() == edited
+
+
+def test_a_write_killed_mid_swap_is_undone_and_only_marked_work_folders_are_removed(tmp_path):
+    """The state a write leaves when killed between its two renames (systems without
+    renameat2): the previous output in a marked work folder, none at the destination."""
+    from codegen.build import WORK_MARK
+
+    assert build(tmp_path).exit_code == 0
+    (tmp_path / "torch" / "NOTES.md").write_text("notes")
+    before = tree(tmp_path / "torch")
+    work = tmp_path / ".torch.llama-codegen-killed"
+    work.mkdir()
+    (work / WORK_MARK).write_text("")
+    os.replace(tmp_path / "torch", work / "old")
+    unmarked = tmp_path / ".torch.llama-codegen-notmine"
+    unmarked.mkdir()
+    (unmarked / "data.bin").write_text("mine")
+    result = build(tmp_path)
+    assert result.exit_code == 0 and result.output.startswith("unchanged"), result.output
+    assert tree(tmp_path / "torch") == before
+    assert not work.exists() and (unmarked / "data.bin").read_text() == "mine"
