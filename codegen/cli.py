@@ -13,7 +13,7 @@ from backends import TARGETS, BuildOptions
 from spec import PRESETS, DType, ModelSpec, to_spec_yaml
 
 from . import __version__
-from .build import BuildResult, OutputError, build, compare, render_target
+from .build import OutputError, compare, preflight, render_target, write_atomically
 from .cmd_bind import bind_command
 from .cmd_convert import convert_command
 from .cmd_verify import verify_command
@@ -93,31 +93,40 @@ def build_command(
         parallel=resolve_parallel(parallel_file, spec) if parallel_file else None,
     )  # fmt: skip
     targets = list(TARGETS) if target == "all" else [target]
-    failed = False
-    for name in targets:
+    if check:
+        failed = False
+        for name in targets:
+            failed |= _check_one(spec, name, out, options)
+        if failed:
+            raise SystemExit(1)
+        return
+    try:
+        # every target rendered and its folder checked before the first is written: all or none
+        rendered = {name: render_target(spec, name, options) for name in targets}
+        for name, files in rendered.items():
+            preflight(out / name, files, force)
+    except OutputError as exc:
+        raise UserError(str(exc)) from None
+    for name, files in rendered.items():
         started = time.perf_counter()
         try:
-            if check:
-                failed |= _check_one(spec, name, out, options)
-                continue
-            result = build(spec, name, out, options, force=force)
+            changed = write_atomically(
+                out / name, files, force=force, on_backup=lambda line: click.echo(line, err=True)
+            )
         except OutputError as exc:
             raise UserError(str(exc)) from None
-        _report_build(result, time.perf_counter() - started)
-    if failed:
-        raise SystemExit(1)
-    if not check:
-        readmes = [printable(str(out / name / "README.md"), limit=200) for name in targets]
-        click.echo(f"next: read {', '.join(readmes)}")
+        _report_build(out / name, files, changed, time.perf_counter() - started)
+    readmes = [printable(str(out / name / "README.md"), limit=200) for name in targets]
+    click.echo(f"next: read {', '.join(readmes)}")
 
 
-def _report_build(result: BuildResult, seconds: float) -> None:
+def _report_build(path: Path, files: dict[str, bytes], changed: bool, seconds: float) -> None:
     """Two lines: what was written where (or found unchanged), then every file in it."""
-    size_kb = sum(len(data) for data in result.files.values()) / 1024
-    verb = "wrote" if result.changed else "unchanged"
-    where = printable(str(result.path), limit=200)
-    click.echo(f"{verb} {where} ({len(result.files)} files, {size_kb:.0f} KiB) in {seconds:.2f} s")
-    click.echo("  " + "  ".join(result.files))
+    size_kb = sum(len(data) for data in files.values()) / 1024
+    verb = "wrote" if changed else "unchanged"
+    where = printable(str(path), limit=200)
+    click.echo(f"{verb} {where} ({len(files)} files, {size_kb:.0f} KiB) in {seconds:.2f} s")
+    click.echo("  " + "  ".join(files))
 
 
 def _check_one(spec: ModelSpec, target: str, out: Path, options: BuildOptions) -> bool:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
-from pydantic import ValidationError
 
 from backends import BuildOptions
 from spec import ModelSpec
 
-from .build import MANIFEST, OutputError, render_target, write_atomically
+from .build import MANIFEST, OutputError, read_manifest, render_target, write_atomically
 
 EPILOG_BIND = """\b
 Examples:
@@ -30,7 +28,8 @@ Examples:
     help="A Hugging Face safetensors checkpoint folder (or one .safetensors file).",
 )
 @click.option("--embed-weights", is_flag=True, help="Copy the weights into the graphs instead.")
-def bind_command(folder: Path, weights: Path, embed_weights: bool) -> None:
+@click.option("--force", is_flag=True, help="Rebind over edited files (kept as <name>.edited).")
+def bind_command(folder: Path, weights: Path, embed_weights: bool, force: bool) -> None:
     """Bind the ONNX graphs in FOLDER to a checkpoint, by reference: nothing is copied.
 
     FOLDER is the output of `build --target onnx`; its manifest names the spec. The graphs are
@@ -41,17 +40,24 @@ def bind_command(folder: Path, weights: Path, embed_weights: bool) -> None:
 
     from .common import UserError
 
+    manifest = read_manifest(folder)  # bounded, and checked as every write path checks it
     try:
-        manifest = json.loads((folder / MANIFEST).read_text())
+        if manifest is None:
+            raise ValueError(MANIFEST)
         spec = ModelSpec.model_validate(manifest["spec"])
         target = manifest["target"]
-    except (OSError, ValueError, KeyError, TypeError, ValidationError):
-        raise UserError(f"{folder}: no readable {MANIFEST}; is it an ONNX build?") from None
+    except (ValueError, KeyError, TypeError):  # pydantic's ValidationError is a ValueError
+        raise UserError(f"{folder}: no valid {MANIFEST}; is it an ONNX build?") from None
     if target != "onnx":
         raise UserError(f"{folder} holds a {target!r} build; bind takes an ONNX build")
     options = BuildOptions(weights=weights, embed_weights=embed_weights)
     try:
-        changed = write_atomically(folder, render_target(spec, "onnx", options))
+        changed = write_atomically(
+            folder,
+            render_target(spec, "onnx", options),
+            force=force,
+            on_backup=lambda line: click.echo(line, err=True),
+        )
     except (CheckpointError, OutputError) as exc:
         raise UserError(str(exc)) from None
     how = "embedded" if embed_weights else "by reference"

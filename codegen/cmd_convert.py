@@ -7,19 +7,29 @@ framework is imported. For .mdl or .pt checkpoints use the emitted convert.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import click
 
 from backends.cerebras.mapping import FINAL_NORM_ALIAS, CheckpointLayout, rope_row_order
-from backends.safetensors_format import CheckpointError, read_header, safetensors_files
+from backends.safetensors_format import (
+    MAX_HEADER_BYTES,
+    CheckpointError,
+    read_header,
+    safetensors_files,
+)
 from spec import ModelSpec, to_hf_config
+from spec.io import MAX_SPEC_BYTES, from_hf_config
 
+from .build import GENERATOR, OutputError, write_file_atomically
 from .common import UserError, resolve_spec, spec_source
 
 EPILOG = """\b
@@ -62,8 +72,9 @@ def read_checkpoint(path: Path) -> dict[str, Tensor]:
 
 
 def write_safetensors(path: Path, tensors: dict[str, tuple[Tensor, list[int] | None]]) -> None:
-    """Write tensors (each with an optional row order) in name order, header padded to 8 bytes."""
-    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    """Write tensors (each with an optional row order) in name order, header padded to 8 bytes,
+    atomically: a temporary file beside `path`, fsynced, read back and checked, then renamed."""
+    header: dict[str, object] = {"__metadata__": {"format": "pt", "generator": GENERATOR}}
     offset = 0
     for name, (tensor, _) in sorted(tensors.items()):
         end = offset + len(tensor.data)
@@ -75,14 +86,72 @@ def write_safetensors(path: Path, tensors: dict[str, tuple[Tensor, list[int] | N
         offset = end
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as out:
+
+    def write(out: BinaryIO) -> None:
         out.write(struct.pack("<Q", len(encoded)) + encoded)
         for _, (tensor, order) in sorted(tensors.items()):
             if order is None:
                 out.write(tensor.data)
             else:
                 out.writelines(tensor.rows(order))
+
+    def check(written: Path) -> None:
+        """Read back: every tensor where the header says, and the file exactly that long."""
+        expected = {
+            n: (e["dtype"], tuple(e["shape"])) for n, e in header.items() if n != "__metadata__"
+        }  # type: ignore[index]
+        try:
+            refs = read_header(written, written.parent)
+        except CheckpointError as exc:
+            raise OutputError(f"{path}: the written file does not read back ({exc})") from None
+        found = {ref.name: (ref.dtype, ref.shape) for ref in refs}
+        if found != expected or written.stat().st_size != 8 + len(encoded) + offset:
+            raise OutputError(f"{path}: the written file does not read back as written")
+
+    try:
+        write_file_atomically(path, write, check)
+    except OutputError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _generator_of(path: Path) -> str | None:
+    """The `generator` recorded in a safetensors file's metadata (None: none, or not one)."""
+    try:
+        with open(path, "rb") as handle:
+            n = int.from_bytes(handle.read(8), "little")
+            if n > MAX_HEADER_BYTES:
+                return None
+            metadata = json.loads(handle.read(n)).get("__metadata__")
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return None
+    return metadata.get("generator") if isinstance(metadata, dict) else None
+
+
+def check_output(dst: Path, sources: list[Path], force: bool) -> None:
+    """Refuse, before reading any tensor, an output that is one of the sources (by inode: also
+    through a link or another spelling), a folder, or a file this tool did not write (unless
+    --force)."""
+    if not os.path.lexists(dst):
+        return
+    for source in sources:
+        with contextlib.suppress(OSError):
+            if os.path.samefile(dst, source):
+                raise UserError(f"{dst} is the source {source}; write the result elsewhere")
+    if dst.is_dir():
+        raise UserError(f"{dst} is a folder; name the file to write")
+    if not force and _generator_of(dst) != GENERATOR:
+        raise UserError(
+            f"{dst} exists and was not written by {GENERATOR}; use --force to replace it"
+        )
+
+
+def source_files(src: Path) -> list[Path]:
+    """The files a conversion reads: the .safetensors files (and a folder's config.json)."""
+    try:
+        folder, files = safetensors_files(src)
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from None
+    return [*files, folder / "config.json", folder / "model.safetensors.index.json"]
 
 
 def check_names(found: set[str], expected: set[str], what: str, path: Path) -> None:
@@ -103,7 +172,8 @@ def cs_aliases(layout: CheckpointLayout) -> dict[str, str]:
     return aliases
 
 
-def to_cerebras(layout: CheckpointLayout, src: Path, dst: Path) -> int:
+def to_cerebras(layout: CheckpointLayout, src: Path, dst: Path, force: bool = False) -> int:
+    check_output(dst, source_files(src), force)
     names = layout.hf_to_cs()
     hf = read_checkpoint(src)
     if layout.tie_embeddings and "lm_head.weight" in hf:
@@ -122,7 +192,15 @@ def to_cerebras(layout: CheckpointLayout, src: Path, dst: Path) -> int:
     return len(out)
 
 
-def to_hf(spec: ModelSpec, layout: CheckpointLayout, src: Path, dst: Path) -> int:
+def to_hf(
+    spec: ModelSpec, layout: CheckpointLayout, src: Path, dst: Path, force: bool = False
+) -> int:
+    if os.path.lexists(dst) and not dst.is_dir():
+        raise UserError(f"{dst} exists and is not a folder; --to hf writes a folder")
+    sources = source_files(src)
+    check_output(dst / "model.safetensors", sources, force)
+    check_output(dst / "config.json", sources, force=True)  # merged, never replaced blindly
+    config = merged_config(dst / "config.json", spec, force)
     names = layout.hf_to_cs()
     aliases = cs_aliases(layout)
     cs = read_checkpoint(src)
@@ -136,9 +214,54 @@ def to_hf(spec: ModelSpec, layout: CheckpointLayout, src: Path, dst: Path) -> in
         order = None if heads is None else rope_row_order(heads, layout.head_dim, False)
         out[hf_name] = (cs[cs_name], order)
     dst.mkdir(parents=True, exist_ok=True)
-    (dst / "config.json").write_text(json.dumps(to_hf_config(spec), indent=2) + "\n")
     write_safetensors(dst / "model.safetensors", out)
+    text = (json.dumps(config, indent=2) + "\n").encode()
+    try:
+        write_file_atomically(dst / "config.json", lambda handle: handle.write(text))
+    except OutputError as exc:
+        raise UserError(str(exc)) from None
     return len(out)
+
+
+# Keys of a config.json that name tokens, not the architecture: kept even over --force.
+TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def _architecture(spec: ModelSpec) -> tuple[object, ...]:
+    """What of a spec a checkpoint's tensors and numerics depend on (not its name or dtype)."""
+    return (
+        spec.vocab_size, spec.dim, spec.n_layers, spec.n_heads, spec.n_kv_heads,
+        spec.ffn_dim, spec.norm_eps, spec.rope_theta, spec.rope_scaling, spec.max_seq_len,
+        spec.tie_embeddings,
+    )  # fmt: skip
+
+
+def merged_config(path: Path, spec: ModelSpec, force: bool) -> dict[str, object]:
+    """The config.json to write: ours, over an existing one of the same model whose other keys
+    (bos/eos_token_id, tokenizer and generation settings, ...) are kept. An existing config of
+    another model, or not a config at all, is refused unless --force (which still keeps the
+    token ids)."""
+    ours = to_hf_config(spec)
+    if not path.exists():
+        return ours
+    try:
+        if path.stat().st_size > MAX_SPEC_BYTES:
+            raise ValueError("too large")
+        existing = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        existing = None
+    try:
+        same = isinstance(existing, dict) and _architecture(
+            from_hf_config(existing, name=spec.name)
+        ) == _architecture(spec)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        same = False  # pydantic's ValidationError and SpecFormatError are ValueErrors
+    if same:
+        return {**existing, **ours}
+    if not force:
+        raise UserError(f"{path} describes another model; use --force to replace it")
+    kept = {k: existing[k] for k in TOKEN_KEYS if isinstance(existing, dict) and k in existing}
+    return {**ours, **kept}
 
 
 @click.command("convert", epilog=EPILOG)
@@ -147,8 +270,9 @@ def to_hf(spec: ModelSpec, layout: CheckpointLayout, src: Path, dst: Path) -> in
               help="cerebras: HF folder/file -> Cerebras .safetensors; hf: the reverse (a folder).")  # fmt: skip
 @click.argument("src", type=click.Path(path_type=Path, exists=True))
 @click.argument("dst", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Replace an output file this tool did not write.")
 def convert_command(
-    size: str | None, spec_file: Path | None, direction: str, src: Path, dst: Path
+    size: str | None, spec_file: Path | None, direction: str, src: Path, dst: Path, force: bool
 ) -> None:
     """Convert a checkpoint between Hugging Face and Cerebras Model Zoo names and RoPE layouts.
 
@@ -163,7 +287,7 @@ def convert_command(
             raise UserError(
                 f"{dst}: write a .safetensors file (emitted convert.py writes .mdl/.pt)"
             )
-        count = to_cerebras(layout, src, dst)
+        count = to_cerebras(layout, src, dst, force)
     else:
-        count = to_hf(spec, layout, src, dst)
+        count = to_hf(spec, layout, src, dst, force)
     click.echo(f"wrote {dst} ({count} tensors)")

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import click
 import numpy as np
+from pydantic import ValidationError
 
 from backends.safetensors_format import CheckpointError, read_header, safetensors_files
 from spec import ModelSpec
 
-from .build import GENERATOR, MANIFEST
+from .build import GENERATOR, MANIFEST, read_manifest
 from .common import UserError, format_table
 from .verifier import oracle
 from .verifier.checkpoints import random_weights, save_hf_checkpoint, weights_as_held
@@ -36,19 +37,65 @@ class Emitted:
 
 
 def discover(out: Path) -> list[Emitted]:
-    """Every target folder under `out` that this tool wrote, in name order."""
+    """Every target folder under `out` with a valid manifest of this tool, in name order.
+
+    Hidden folders are never targets: they are temporaries of an interrupted build or bind
+    (`.torch.llama-codegen-*`, `.torch.tmp-*` of earlier versions) or the user's own.
+    """
     found = []
-    for manifest_path in sorted(out.glob(f"*/{MANIFEST}")):
+    for folder in sorted(out.iterdir()):
+        if folder.name.startswith(".") or folder.is_symlink() or not folder.is_dir():
+            continue
+        manifest = read_manifest(folder)
+        if manifest is None:
+            continue
         try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, ValueError):
+            spec = ModelSpec.model_validate(manifest["spec"])
+        except (KeyError, ValidationError):
             continue
-        if not isinstance(manifest, dict) or manifest.get("generator") != GENERATOR:
-            continue
-        spec = ModelSpec.model_validate(manifest["spec"])
-        dtype = manifest.get("options", {}).get("dtype") or spec.dtype.value
-        found.append(Emitted(manifest["target"], manifest_path.parent, spec, dtype))
+        options = manifest.get("options")
+        dtype = (options.get("dtype") if isinstance(options, dict) else None) or spec.dtype.value
+        found.append(Emitted(manifest["target"], folder, spec, str(dtype)))
     return found
+
+
+# What verify holds at once, per parameter: the random float32 weights, the checkpoint written
+# from them and read back (float32), the weights as held (float32) and the oracle's float64 copy.
+VERIFY_BYTES_PER_PARAMETER = 4 + 4 + 4 + 8
+# The most memory verify may plan to use: this, or half the memory available now if less.
+VERIFY_MEMORY_BUDGET = 16 * 2**30
+
+
+def verify_cost_bytes(spec: ModelSpec, batch: int, seq: int) -> int:
+    """Bytes verify would allocate: the weights (a given checkpoint is read as float32 too) and
+    the float64 oracle's activations for (batch, seq) tokens, logits and
+    attention scores included. An estimate from the spec alone, made before allocating."""
+    per_token = 2 * spec.vocab_size + 8 * spec.dim + 3 * spec.ffn_dim
+    scores = 2 * spec.n_heads * seq
+    activations = 8 * batch * seq * (per_token + scores)
+    return VERIFY_BYTES_PER_PARAMETER * spec.param_count + activations
+
+
+def memory_budget() -> int:
+    """VERIFY_MEMORY_BUDGET, or half of MemAvailable (Linux /proc/meminfo) when that is less."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return min(VERIFY_MEMORY_BUDGET, int(line.split()[1]) * 1024 // 2)
+    except (OSError, ValueError, IndexError):
+        pass
+    return VERIFY_MEMORY_BUDGET
+
+
+def check_cost(spec: ModelSpec, batch: int, seq: int) -> None:
+    """Refuse, in one line, a verify run that would need more memory than the budget."""
+    need, budget = verify_cost_bytes(spec, batch, seq), memory_budget()
+    if need > budget:
+        raise UserError(
+            f"verify of {spec.name} at batch {batch} x seq {seq} needs about "
+            f"{need / 2**30:.1f} GiB, over the budget of {budget / 2**30:.1f} GiB "
+            "(verify is for small models: build a smaller spec, or lower --batch/--seq)"
+        )
 
 
 SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2"}
@@ -107,6 +154,7 @@ def verify_command(out: Path, weights: Path | None, seq: int, batch: int, seed: 
         raise UserError(f"{out}: targets {', '.join(others)} were built from another spec")
     if seq > spec.max_seq_len:
         raise UserError(f"--seq {seq} exceeds the spec's max_seq_len {spec.max_seq_len}")
+    check_cost(spec, batch, seq)
 
     rng = np.random.default_rng(seed)
     tokens = rng.integers(0, spec.vocab_size, (batch, seq))

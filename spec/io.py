@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +49,27 @@ def _kind(data: dict[str, Any]) -> str:
     return "Hugging Face config.json" if "hidden_size" in data else "Meta params.json"
 
 
-def _read_mapping(path: Path) -> dict[str, Any]:
+def read_bounded(path: Path, limit: int) -> bytes:
+    """The bytes of a file of at most `limit` bytes. A larger regular file is refused by its
+    size before any read; anything else (/dev/zero, a pipe) by reading at most limit + 1 bytes.
+    Raises SpecFormatError."""
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if stat.S_ISREG(info.st_mode) and info.st_size > limit:
+                raise SpecFormatError(
+                    f"{path}: {info.st_size} bytes; a spec file is at most {limit}"
+                )
+            raw = handle.read(limit + 1)
     except OSError as exc:
         raise SpecFormatError(f"{path}: cannot read ({exc.strerror})") from None
-    if len(raw) > MAX_SPEC_BYTES:
-        raise SpecFormatError(f"{path}: {len(raw)} bytes; a spec file is at most {MAX_SPEC_BYTES}")
+    if len(raw) > limit:
+        raise SpecFormatError(f"{path}: more than {limit} bytes; a spec file is at most {limit}")
+    return raw
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    raw = read_bounded(path, MAX_SPEC_BYTES)
     try:
         text = raw.decode("utf-8")
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)

@@ -26,6 +26,21 @@ from pydantic import (
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 PositiveInt = Annotated[int, Field(gt=0, le=2**31 - 1)]
+
+# Upper bounds of a spec, so that no input costs more than its size suggests (a 1e9-head spec
+# would build tables of a billion rows; a dim of 2**30 a 4 GiB RoPE table in the ONNX graph).
+# Each is 8x or more above the largest LLaMA (405B: dim 16384, 128 heads, ffn 53248, 126 layers,
+# vocab 128256, context 131072).
+MAX_DIM = 2**17  # model width
+MAX_HEADS = 2**12  # attention (and key/value) heads
+MAX_FFN = 2**20  # FFN hidden width, given or derived by Meta's rule
+MAX_FFN_MULTIPLIER = 16.0  # Meta's ffn_dim_multiplier (1.3 and 1.5 in the released models)
+MAX_VOCAB = 2**24
+MAX_LAYERS = 1024
+MAX_SEQ_LEN = 2**24
+HeadCount = Annotated[int, Field(gt=0, le=MAX_HEADS)]
+FfnWidth = Annotated[int, Field(gt=0, le=MAX_FFN)]
+FfnMultiplier = Annotated[float, Field(gt=0, le=MAX_FFN_MULTIPLIER, allow_inf_nan=False)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 UnitFloat = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 
@@ -151,7 +166,9 @@ class TrainingSpec(_Frozen):
 
 # Validators of the inputs that defaults are resolved from, before the fields are validated.
 _POSITIVE_INT: TypeAdapter[int] = TypeAdapter(PositiveInt)
-_MULTIPLIER: TypeAdapter[float | None] = TypeAdapter(PositiveFloat | None)
+_MULTIPLIER: TypeAdapter[float | None] = TypeAdapter(FfnMultiplier | None)
+_FFN_WIDTH: TypeAdapter[int] = TypeAdapter(FfnWidth)
+_DIM: TypeAdapter[int] = TypeAdapter(Annotated[int, Field(gt=0, le=MAX_DIM)])
 
 
 def _valid_or_none(value: Any, kind: TypeAdapter[Any]) -> Any:
@@ -183,21 +200,24 @@ def _resolve_ffn_dim(data: dict[str, Any]) -> None:
     """ffn_dim defaults to Meta's rule; multiple_of and ffn_dim_multiplier are consumed here.
 
     Raises ValueError when an explicit ffn_dim contradicts an explicit multiple_of or
-    ffn_dim_multiplier, or when one of those two is invalid.
+    ffn_dim_multiplier, when one of those two is invalid, or when the rule's width exceeds
+    MAX_FFN.
     """
     rule_given = {"multiple_of", "ffn_dim_multiplier"} & data.keys()
-    multiple_of = _derivation_input("multiple_of", data.pop("multiple_of", 256), _POSITIVE_INT)
+    multiple_of = _derivation_input("multiple_of", data.pop("multiple_of", 256), _FFN_WIDTH)
     multiplier = _derivation_input(
         "ffn_dim_multiplier", data.pop("ffn_dim_multiplier", None), _MULTIPLIER
     )
     if data.get("ffn_dim") is None:
         data.pop("ffn_dim", None)
-    dim = _valid_or_none(data.get("dim"), _POSITIVE_INT)
+    dim = _valid_or_none(data.get("dim"), _DIM)
     if dim is None:
         return
     rule = meta_ffn_hidden_dim(dim, multiple_of, multiplier)
     given = _valid_or_none(data.get("ffn_dim"), _POSITIVE_INT)
     if "ffn_dim" not in data:
+        if rule > MAX_FFN:
+            raise ValueError(f"Meta's rule gives an FFN width of {rule}, over the limit {MAX_FFN}")
         data["ffn_dim"] = rule
     elif rule_given and given is not None and given != rule:
         raise ValueError(
@@ -226,20 +246,20 @@ class ModelSpec(_Frozen):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     """Identifier of the model: names the output folder and appears in emitted code and
     headers (letters, digits, `.`, `_`, `-`; at most 64 characters)."""
-    vocab_size: Annotated[int, Field(gt=0, le=2**24)]
+    vocab_size: Annotated[int, Field(gt=0, le=MAX_VOCAB)]
     """Rows of the token embedding and of the output head (tokens): 32000 for LLaMA 1/2's
     SentencePiece tokenizer, 128256 for Llama 3's. HF `vocab_size`."""
-    dim: PositiveInt
+    dim: Annotated[int, Field(gt=0, le=MAX_DIM)]
     """Width of the residual stream (features per token). HF `hidden_size`, Meta `dim`."""
-    n_layers: Annotated[int, Field(gt=0, le=1024)]
+    n_layers: Annotated[int, Field(gt=0, le=MAX_LAYERS)]
     """Decoder blocks (attention + feed-forward). HF `num_hidden_layers`, Meta `n_layers`."""
-    n_heads: PositiveInt
+    n_heads: HeadCount
     """Query heads of each attention layer; head_dim = dim / n_heads. HF `num_attention_heads`."""
-    n_kv_heads: PositiveInt = Field(default=None, validate_default=False)  # type: ignore[assignment]
+    n_kv_heads: HeadCount = Field(default=None, validate_default=False)  # type: ignore[assignment]
     """Key/value heads (grouped-query attention, Ainslie et al. 2023, arXiv:2305.13245); each
     serves n_heads / n_kv_heads consecutive query heads. Default: n_heads (multi-head attention).
     HF `num_key_value_heads`, Meta `n_kv_heads`."""
-    ffn_dim: PositiveInt = Field(default=None, validate_default=False)  # type: ignore[assignment]
+    ffn_dim: FfnWidth = Field(default=None, validate_default=False)  # type: ignore[assignment]
     """Hidden width of the SwiGLU feed-forward (features; Shazeer 2020, arXiv:2002.05202). HF
     `intermediate_size`. Default: Meta's rule from `multiple_of` and `ffn_dim_multiplier`,
     `meta_ffn_hidden_dim` (meta-llama/llama, model.py, FeedForward)."""
@@ -252,7 +272,7 @@ class ModelSpec(_Frozen):
     rope_scaling: RopeScaling | None = None
     """Rescaling of the RoPE frequencies for contexts longer than trained: none, linear
     (position interpolation) or llama3 (Llama 3.1). HF `rope_scaling` / `rope_parameters`."""
-    max_seq_len: Annotated[int, Field(gt=0, le=2**24)] = 2048
+    max_seq_len: Annotated[int, Field(gt=0, le=MAX_SEQ_LEN)] = 2048
     """Longest sequence (tokens): the size of the RoPE tables and KV caches emitted. HF
     `max_position_embeddings`."""
     tie_embeddings: bool = False

@@ -1,5 +1,5 @@
 """Every backend against the float64 oracle and against itself (KV-cache decode), for random tiny
-specs and weights. Backends plug in through tests/adapters."""
+specs and weights. Backends plug in through codegen/verifier/runners."""
 
 from __future__ import annotations
 

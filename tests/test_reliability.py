@@ -177,7 +177,7 @@ def test_killed_builds_leave_old_or_new_output_never_a_partial_one(tmp_path):
     def start(name: str) -> subprocess.Popen:
         return subprocess.Popen(
             [sys.executable, "-m", "codegen", "build", "--size", name, "--target", "torch",
-             "--out", str(out)],  # fmt: skip
+             "--out", str(out), "--force"],  # fmt: skip (another spec's build needs --force)
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
 
@@ -198,7 +198,7 @@ def test_killed_builds_leave_old_or_new_output_never_a_partial_one(tmp_path):
             assert any(compare(files, dest) == [] for files in expected), attempt
     assert kills == 20  # the random delays did hit running builds
     result = CliRunner().invoke(
-        main, ["build", "--size", "tiny", "--target", "torch", "--out", str(out)]
+        main, ["build", "--size", "tiny", "--target", "torch", "--out", str(out), "--force"]
     )
     assert result.exit_code == 0
     assert sorted(p.name for p in out.iterdir()) == ["torch"]  # stray temporaries recovered
@@ -326,7 +326,7 @@ def test_largest_presets_build_every_target_under_1_gb(tmp_path):
         "import resource, subprocess, sys\n"
         f"for size in ({largest.name!r}, 'llama3.1-8b'):\n"
         "    subprocess.run([sys.executable, '-m', 'codegen', 'build', '--size', size,"
-        f" '--target', 'all', '--out', {str(tmp_path)!r}], check=True)\n"
+        f" '--target', 'all', '--out', {str(tmp_path)!r}, '--force'], check=True)\n"
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
     )
     completed = subprocess.run(
