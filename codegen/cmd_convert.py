@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from backends.cerebras.mapping import FINAL_NORM_ALIAS, CheckpointLayout, rope_row_order
-from backends.safetensors_format import CheckpointError, read_header, safetensors_files
+from backends.safetensors_format import CheckpointError, read_headers
 from spec import ModelSpec, to_hf_config
 
 from .cli import UserError, resolve_spec, spec_source
@@ -48,14 +48,15 @@ def read_checkpoint(path: Path) -> dict[str, Tensor]:
     checked; the bytes are memory-mapped views, unmapped when the last view is dropped."""
     tensors: dict[str, Tensor] = {}
     try:
-        folder, files = safetensors_files(path)
-        for file in files:
-            refs = read_header(file, folder)
-            with open(file, "rb") as handle:
-                data = memoryview(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
-            for ref in refs:
-                view = data[ref.offset : ref.offset + ref.length]
-                tensors[ref.name] = Tensor(ref.dtype, ref.shape, view)
+        folder, refs = read_headers(path)
+        maps: dict[str, memoryview] = {}
+        for ref in refs:
+            if ref.file not in maps:
+                with open(folder / ref.file, "rb") as handle:
+                    mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+                maps[ref.file] = memoryview(mapped)
+            view = maps[ref.file][ref.offset : ref.offset + ref.length]
+            tensors[ref.name] = Tensor(ref.dtype, ref.shape, view)
     except CheckpointError as exc:
         raise UserError(str(exc)) from None
     return tensors

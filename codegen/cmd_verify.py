@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from backends.safetensors_format import CheckpointError, read_header, safetensors_files
+from backends.safetensors_format import CheckpointError, read_headers
 from spec import ModelSpec
 
 from .build import GENERATOR, MANIFEST
@@ -112,17 +112,18 @@ def read_checkpoint(path: Path) -> dict[str, np.ndarray]:
     """
     tensors = {}
     try:
-        folder, files = safetensors_files(path)
-        for file in files:
-            data = file.read_bytes()
-            for ref in read_header(file, folder):
-                if ref.dtype not in SAFETENSORS_DTYPES:
-                    raise UserError(f"{file}: {ref.name} has unsupported dtype {ref.dtype}")
-                raw = data[ref.offset : ref.offset + ref.length]
-                values = np.frombuffer(raw, SAFETENSORS_DTYPES[ref.dtype])
-                if ref.dtype == "BF16":
-                    values = (values.astype(np.uint32) << 16).view(np.float32)
-                tensors[ref.name] = values.astype(np.float32).reshape(ref.shape)
+        folder, refs = read_headers(path)
+        data: dict[str, bytes] = {}
+        for ref in refs:
+            if ref.dtype not in SAFETENSORS_DTYPES:
+                raise UserError(f"{ref.file}: {ref.name!r} has unsupported dtype {ref.dtype}")
+            if ref.file not in data:
+                data[ref.file] = (folder / ref.file).read_bytes()
+            raw = data[ref.file][ref.offset : ref.offset + ref.length]
+            values = np.frombuffer(raw, SAFETENSORS_DTYPES[ref.dtype])
+            if ref.dtype == "BF16":
+                values = (values.astype(np.uint32) << 16).view(np.float32)
+            tensors[ref.name] = values.astype(np.float32).reshape(ref.shape)
     except CheckpointError as exc:
         raise UserError(str(exc)) from None
     return tensors

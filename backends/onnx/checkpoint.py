@@ -17,8 +17,7 @@ from ..safetensors_format import (
     ITEM_SIZES,
     CheckpointError,
     TensorRef,
-    read_header,
-    safetensors_files,
+    read_headers,
 )
 
 # Floating dtypes the graph can read (it casts them to float32), with their sizes in bytes.
@@ -84,12 +83,9 @@ def check_config(spec: ModelSpec, folder: Path) -> None:
 
 def open_checkpoint(spec: ModelSpec, path: Path) -> Checkpoint:
     """Every tensor the spec needs, located in the checkpoint; one error lists every fault."""
-    folder, files = safetensors_files(Path(path))
+    folder, refs = read_headers(Path(path))
     check_config(spec, folder)
-    found: dict[str, TensorRef] = {}
-    for file in files:
-        for ref in read_header(file, folder):
-            found[ref.name] = ref
+    found = {ref.name: ref for ref in refs}
     expected = expected_shapes(spec)
     missing = [name for name in expected if name not in found]
     unexpected = sorted(set(found) - set(expected))
