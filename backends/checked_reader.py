@@ -236,8 +236,8 @@ def check_offsets(entries: dict[str, Entry], data_size: int) -> None:
             )
     if start != data_size:
         raise _HeaderError(
-            f"tensors cover {start} bytes of a {data_size}-byte data section "
-            "(the file is truncated or has bytes no tensor claims)"
+            f"tensors cover {start} bytes of a {data_size}-byte data section: the file is "
+            "truncated or corrupt"
         )
 
 
@@ -356,3 +356,76 @@ def read_checkpoint_headers(path: Path) -> tuple[Path, dict[Path, tuple[int, dic
                 )
             owner[name] = file
     return folder, headers
+
+
+MAX_CONFIG_BYTES = 16 * 2**20  # a config.json is a few kilobytes
+ROPE_KEYS = {
+    "none": (),
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
+
+
+def read_json(path: Path, limit: int = MAX_CONFIG_BYTES) -> dict:
+    """A JSON mapping from an untrusted file: size bounded, nesting bounded (no RecursionError)."""
+    try:
+        if path.stat().st_size > limit:
+            raise CheckpointError(f"{shown(path)}: larger than {limit} bytes")
+        with open(path, "rb") as handle:
+            text = handle.read(limit + 1).decode("utf-8")
+        if _nesting_depth(text) > MAX_DEPTH:
+            raise ValueError(f"nests deeper than {MAX_DEPTH} levels")
+        data = json.loads(text, parse_constant=_parse_constant)
+    except OSError as exc:
+        raise CheckpointError(f"{shown(path)}: cannot read ({shown(exc.strerror)})") from None
+    except ValueError as exc:
+        raise CheckpointError(f"{shown(path)}: not valid JSON ({shown(exc)})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{shown(path)}: not a JSON mapping")
+    return data
+
+
+def hf_rope_scaling(config: dict, where: str) -> dict:
+    """A transformers config's RoPE scaling as {"type": "none" | "linear" | "llama3", params...}
+    (4.x `rope_scaling` or 5.x `rope_parameters`); malformed: CheckpointError naming the key."""
+    key = "rope_parameters" if config.get("rope_parameters") is not None else "rope_scaling"
+    params = config.get(key)
+    if params is None:
+        return {"type": "none"}
+    if not isinstance(params, dict):
+        raise CheckpointError(f"{where}: {key} is {shown(repr(params))[:80]}, not a mapping")
+    kind = params.get("rope_type", params.get("type", "default"))
+    kind = "none" if kind == "default" else kind
+    if kind not in ROPE_KEYS:
+        raise CheckpointError(f"{where}: {key} type {shown(repr(kind))[:80]} is not supported")
+    missing = [name for name in ROPE_KEYS[kind] if name not in params]
+    if missing:
+        raise CheckpointError(f"{where}: {key} ({kind}) has no {missing[0]!r}")
+    return {"type": kind, **{name: params[name] for name in ROPE_KEYS[kind]}}
+
+
+def check_hf_config(path: Path, model: dict) -> None:
+    """Refuse a config.json that describes another model: `model` maps transformers config keys
+    (hidden_size, rms_norm_eps, rope_theta, rope_scaling as hf_rope_scaling gives it, ...) to the
+    model's values; one CheckpointError lists every mismatch."""
+    config, where = read_json(path), shown(path)
+    rope = config.get("rope_parameters")
+    theirs = {
+        "vocab_size": config.get("vocab_size"),
+        "hidden_size": config.get("hidden_size"),
+        "num_hidden_layers": config.get("num_hidden_layers"),
+        "num_attention_heads": config.get("num_attention_heads"),
+        "num_key_value_heads": config.get("num_key_value_heads", config.get("num_attention_heads")),
+        "intermediate_size": config.get("intermediate_size"),
+        "rms_norm_eps": config.get("rms_norm_eps"),
+        "rope_theta": (rope if isinstance(rope, dict) else config).get("rope_theta", 10000.0),
+        "rope_scaling": hf_rope_scaling(config, where),
+        "tie_word_embeddings": config.get("tie_word_embeddings", False),
+    }
+    mismatched = [
+        f"{key} {shown(repr(theirs[key]))[:80]} (model has {want!r})"
+        for key, want in model.items()
+        if theirs[key] != want
+    ]
+    if mismatched:
+        raise CheckpointError(f"{where} describes another model: " + ", ".join(mismatched))

@@ -15,7 +15,7 @@ from typing import Any
 
 from spec import DType, ModelSpec
 
-from ..base import Artifact, BuildOptions, Raw, Rendered, spec_context
+from ..base import CHECKED_READER, Artifact, BuildOptions, Raw, Rendered, spec_context
 from .checkpoint import (
     FLOAT_DTYPES,
     Checkpoint,
@@ -131,6 +131,7 @@ class OnnxBackend:
             artifacts.append(Raw(DATA_FILE, data))
         context = readme_context(spec, options, weights, mode)
         artifacts += [Rendered(path, path + ".jinja", context) for path in ("README.md", "run.py")]
+        artifacts.append(CHECKED_READER)
         return artifacts
 
 
