@@ -96,6 +96,24 @@ def check_names(found: set[str], expected: set[str], what: str, path: Path) -> N
         )
 
 
+def check_shapes(
+    spec: ModelSpec, tensors: dict[str, Tensor], names: dict[str, str], path: Path
+) -> None:
+    """Every tensor (`names`: HF name -> its name in `tensors`) has the model's shape, so rows are
+    never permuted under a shape of the right byte count but the wrong layout."""
+    from backends.onnx.checkpoint import expected_shapes
+
+    wrong = [
+        f"{names[hf_name]} {list(tensors[names[hf_name]].shape)} (model has {list(shape)})"
+        for hf_name, shape in expected_shapes(spec).items()
+        if hf_name in names and tensors[names[hf_name]].shape != shape
+    ]
+    if wrong:
+        raise UserError(
+            f"{path}: not a checkpoint of this model: wrong shape: {', '.join(wrong[:5])}"
+        )
+
+
 def cs_aliases(layout: CheckpointLayout) -> dict[str, str]:
     """Second names of shared tensors in a Cerebras checkpoint -> the name owning the tensor."""
     aliases = {FINAL_NORM_ALIAS: "transformer_decoder.norm.weight"}
@@ -104,7 +122,7 @@ def cs_aliases(layout: CheckpointLayout) -> dict[str, str]:
     return aliases
 
 
-def to_cerebras(layout: CheckpointLayout, src: Path, dst: Path) -> int:
+def to_cerebras(spec: ModelSpec, layout: CheckpointLayout, src: Path, dst: Path) -> int:
     names = layout.hf_to_cs()
     hf = read_checkpoint(src)
     if layout.tie_embeddings and "lm_head.weight" in hf:
@@ -112,6 +130,7 @@ def to_cerebras(layout: CheckpointLayout, src: Path, dst: Path) -> int:
             raise UserError(f"{src}: lm_head.weight differs from the embedding of a tied model")
         del hf["lm_head.weight"]
     check_names(set(hf), set(names), "Hugging Face", src)
+    check_shapes(spec, hf, {name: name for name in names}, src)
     out: dict[str, tuple[Tensor, list[int] | None]] = {}
     for hf_name, cs_name in names.items():
         heads = layout.heads_of(hf_name)
@@ -128,6 +147,7 @@ def to_hf(spec: ModelSpec, layout: CheckpointLayout, src: Path, dst: Path) -> in
     aliases = cs_aliases(layout)
     cs = read_checkpoint(src)
     check_names(set(cs), set(names.values()) | set(aliases), "Cerebras", src)
+    check_shapes(spec, cs, names, src)
     for alias, owner in aliases.items():
         if bytes(cs[alias].data) != bytes(cs[owner].data):
             raise UserError(f"{src}: {alias} differs from {owner}; the model holds them as one")
@@ -164,7 +184,7 @@ def convert_command(
             raise UserError(
                 f"{dst}: write a .safetensors file (emitted convert.py writes .mdl/.pt)"
             )
-        count = to_cerebras(layout, src, dst)
+        count = to_cerebras(spec, layout, src, dst)
     else:
         count = to_hf(spec, layout, src, dst)
     click.echo(f"wrote {dst} ({count} tensors)")

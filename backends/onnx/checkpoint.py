@@ -7,12 +7,14 @@ binding a 65B checkpoint reads a few hundred kilobytes.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from spec import ModelSpec, SpecFormatError, from_hf_config
 
+from .. import checked_reader
 from ..safetensors_format import (
     ITEM_SIZES,
     CheckpointError,
@@ -69,9 +71,22 @@ def check_config(spec: ModelSpec, folder: Path) -> None:
     if not path.is_file():
         return
     try:
-        theirs = from_hf_config(json.loads(path.read_text()), name=spec.name)
-    except (OSError, ValueError, KeyError, TypeError, SpecFormatError) as exc:
-        raise CheckpointError(f"{path}: not a LLaMA config.json ({exc})") from None
+        config = checked_reader.read_json(path)  # size and nesting bounded
+        checked_reader.hf_rope_scaling(config, checked_reader.shown(path))  # names a bad key
+        theirs = from_hf_config(config, name=spec.name)
+    except ValidationError as exc:  # pydantic's message spans lines: keep the first fault
+        fault = exc.errors()[0]
+        where = ".".join(str(part) for part in fault["loc"])
+        raise CheckpointError(
+            f"{checked_reader.shown(path)}: not a LLaMA config.json ({where}: {fault['msg']})"
+        ) from None
+    except (checked_reader.CheckpointError, SpecFormatError) as exc:
+        raise CheckpointError(f"not a LLaMA config.json: {checked_reader.shown(exc)}") from None
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{checked_reader.shown(path)}: not a LLaMA config.json "
+            f"({type(exc).__name__}: {checked_reader.shown(exc)})"
+        ) from None
     mismatched = [
         f"{field} {getattr(theirs, field)} (spec has {getattr(spec, field)})"
         for field in CONFIG_FIELDS
