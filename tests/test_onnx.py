@@ -238,8 +238,7 @@ def test_unbound_graphs_declare_their_data_file(dtype, tmp_path):
     assert render_target(spec, "onnx", options) == render_target(spec, "onnx", options)
     folder = build_target(spec, "onnx", tmp_path, options)
     assert sorted(p.name for p in folder.iterdir()) == [
-        "README.md", "checkpoint_files.py", "manifest.json", "model.onnx", "model_with_past.onnx",
-        "run.py",
+        "README.md", "manifest.json", "model.onnx", "model_with_past.onnx", "run.py",
     ]  # fmt: skip
     weights = random_weights(spec, seed=9, std=0.1)
     write_declared_data(folder, weights, dtype)

@@ -155,7 +155,8 @@ class OnnxBackend:
             artifacts.append(Raw(DATA_FILE, data))
         context = readme_context(spec, options, weights, mode)
         artifacts += [Rendered(path, path + ".jinja", context) for path in ("README.md", "run.py")]
-        artifacts.append(CHECKED_READER)
+        if mode == "reference":  # run.py checks the weights folder with it
+            artifacts.append(CHECKED_READER)
         return artifacts
 
 
