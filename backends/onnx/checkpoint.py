@@ -103,7 +103,7 @@ def open_checkpoint(spec: ModelSpec, path: Path) -> Checkpoint:
     found = {ref.name: ref for ref in refs}
     expected = expected_shapes(spec)
     missing = [name for name in expected if name not in found]
-    unexpected = sorted(set(found) - set(expected))
+    unexpected = [checked_reader.shown(name) for name in sorted(set(found) - set(expected))]
     wrong_shape = [
         f"{name} {list(found[name].shape)} (spec needs {list(shape)})"
         for name, shape in expected.items()

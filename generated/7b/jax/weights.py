@@ -141,7 +141,7 @@ def check_names_and_shapes(
     expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]
 ) -> None:
     missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
+    unexpected = [shown(name) for name in sorted(set(found) - set(expected))]  # names from the file
     wrong = [
         f"{name} {found[name]} (model has {expected[name]})"
         for name in sorted(set(expected) & set(found))
