@@ -124,6 +124,13 @@ def cs_aliases(layout: CheckpointLayout) -> dict[str, str]:
 
 def to_cerebras(spec: ModelSpec, layout: CheckpointLayout, src: Path, dst: Path) -> int:
     names = layout.hf_to_cs()
+    if src.is_dir():  # a config.json beside the weights must describe this model (RoPE too)
+        from backends.onnx.checkpoint import check_config
+
+        try:
+            check_config(spec, src)
+        except CheckpointError as exc:
+            raise UserError(str(exc)) from None
     hf = read_checkpoint(src)
     if layout.tie_embeddings and "lm_head.weight" in hf:
         if bytes(hf["lm_head.weight"].data) != bytes(hf["model.embed_tokens.weight"].data):

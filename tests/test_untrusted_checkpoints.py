@@ -639,3 +639,18 @@ def test_a_tensor_name_with_control_characters_is_printed_escaped(emitted, tmp_p
     assert_verdict(results, dict.fromkeys(results, False) | {"compiler reader": True})
     for reader, (_, message) in results.items():
         assert "\x1b" not in message, reader
+
+
+def test_compiler_convert_refuses_a_config_json_with_llama3_rope(tmp_path):
+    """`convert --size tiny` on a folder whose config.json says llama3 RoPE: one line, no file."""
+    spec = get_preset("tiny")
+    folder = save_hf_checkpoint(spec, random_weights(spec, seed=0), tmp_path / "ck")
+    (folder / "config.json").write_text(
+        json.dumps(to_hf_config(spec) | {"rope_scaling": LLAMA3_ROPE})
+    )
+    dst = tmp_path / "cs.safetensors"
+    result = CliRunner().invoke(
+        main, ["convert", "--size", "tiny", "--to", "cerebras", str(folder), str(dst)]
+    )
+    assert result.exit_code == 2, result.output
+    assert one_line(result.output) and "rope_scaling" in result.output and not dst.exists()
