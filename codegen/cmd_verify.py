@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from backends import checked_reader
 from backends.safetensors_format import CheckpointError, read_headers
 from spec import ModelSpec
 
@@ -129,6 +130,27 @@ def read_checkpoint(path: Path) -> dict[str, np.ndarray]:
     return tensors
 
 
+def check_fits(spec: ModelSpec, path: Path, tensors: dict[str, np.ndarray]) -> None:
+    """The checkpoint holds this model's tensors with its shapes, and a config.json beside it
+    (if any) describes this model: one line naming what does not fit."""
+    from backends.onnx.checkpoint import check_config, expected_shapes
+
+    try:
+        if path.is_dir():
+            check_config(spec, path)
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from None
+    expected = expected_shapes(spec)
+    faults = sorted(set(expected) ^ set(tensors)) + [
+        f"{name} {list(tensors[name].shape)} (spec needs {list(shape)})"
+        for name, shape in expected.items()
+        if name in tensors and tensors[name].shape != shape
+    ]
+    if faults:
+        shown = ", ".join(checked_reader.shown(fault) for fault in faults[:5])
+        raise UserError(f"{path} does not fit spec {spec.name!r}: {shown}")
+
+
 @click.command("verify")
 @click.argument("out", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option(
@@ -172,6 +194,7 @@ def verify_command(out: Path, weights: Path | None, seq: int, batch: int, seed: 
             weights = save_hf_checkpoint(spec, tensors, Path(tmp) / "checkpoint")
         else:
             tensors = read_checkpoint(weights)
+            check_fits(spec, weights, tensors)
         references: dict[str, np.ndarray] = {}
         for item in emitted:
             runner = RUNNERS.get(item.target)

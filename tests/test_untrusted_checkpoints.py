@@ -654,3 +654,20 @@ def test_compiler_convert_refuses_a_config_json_with_llama3_rope(tmp_path):
     )
     assert result.exit_code == 2, result.output
     assert one_line(result.output) and "rope_scaling" in result.output and not dst.exists()
+
+
+@pytest.mark.parametrize("fault", ["llama3 config", "same bytes, wrong shape"])
+def test_verify_refuses_a_checkpoint_of_another_model_in_one_line(tmp_path, fault):
+    spec = get_preset("tiny")
+    weights = random_weights(spec, seed=0)
+    if fault == "same bytes, wrong shape":
+        weights["model.norm.weight"] = weights["model.norm.weight"].reshape(2, 32)
+    folder = save_hf_checkpoint(spec, weights, tmp_path / "ck")
+    if fault == "llama3 config":
+        config = to_hf_config(spec) | {"rope_scaling": LLAMA3_ROPE}
+        (folder / "config.json").write_text(json.dumps(config))
+    build_target(spec, "torch", tmp_path / "out")
+    result = CliRunner().invoke(main, ["verify", str(tmp_path / "out"), "--weights", str(folder)])
+    assert result.exit_code == 2, result.output
+    named = "rope_scaling" if fault == "llama3 config" else "model.norm.weight"
+    assert one_line(result.output) and named in result.output
