@@ -84,6 +84,10 @@ class Raw:
 
 Artifact = Rendered | Raw
 
+# backends/checked_reader.py emitted verbatim (it holds no Jinja syntax) beside every loader, so
+# the emitted code refuses exactly the checkpoints the compiler refuses.
+CHECKED_READER = Rendered("checkpoint_files.py", "checked_reader.py")
+
 
 class Backend(Protocol):
     name: str

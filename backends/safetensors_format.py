@@ -3,24 +3,20 @@
 A safetensors file is an 8-byte little-endian header length n, n bytes of JSON, then the data:
 tensor `t` occupies bytes [8 + n + begin, 8 + n + end) of the file. Shared by the ONNX target
 (which binds graphs to these byte ranges) and the compiler's `convert` and `verify` commands.
+The checks themselves live in `checked_reader`, which the emitted loaders carry verbatim.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import checked_reader
 from .base import OptionError
 
-# safetensors' own limit on the header size.
-MAX_HEADER_BYTES = 100 * 2**20
-# Every safetensors dtype code and its size in bytes.
-ITEM_SIZES = {
-    "F32": 4, "BF16": 2, "F16": 2, "F64": 8, "I64": 8, "U64": 8, "I32": 4, "U32": 4,
-    "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
-}  # fmt: skip
+MAX_HEADER_BYTES = checked_reader.MAX_HEADER_BYTES
+# Every safetensors dtype code of a whole number of bytes, and its size in bytes.
+ITEM_SIZES = {code: bits // 8 for code, bits in checked_reader.DTYPE_BITS.items() if bits % 8 == 0}
 
 
 class CheckpointError(OptionError):
@@ -40,56 +36,42 @@ class TensorRef:
 
 
 def safetensors_files(path: Path) -> tuple[Path, list[Path]]:
-    """The checkpoint folder and its .safetensors files: single, sharded with an index, or one."""
-    if path.is_file():
-        return path.parent, [path]
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-            names = sorted(set(weight_map.values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            raise CheckpointError(f"{index}: not a safetensors index (no weight_map)") from None
-        return path, [path / name for name in names]
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"{path}: no .safetensors files")
-    return path, files
+    """The checkpoint folder and its .safetensors files: single, sharded with an index, or one.
+
+    Shard paths that are absolute, hold `..` or resolve outside the folder are refused
+    (a Hugging Face cache snapshot linking into its blobs/ excepted): checked_reader.shard_path.
+    """
+    try:
+        return checked_reader.checkpoint_files(Path(path))
+    except checked_reader.CheckpointError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def read_header(file: Path, folder: Path) -> list[TensorRef]:
-    """The tensors of one safetensors file, with absolute byte ranges, after checking them."""
+    """The tensors of one safetensors file, with absolute byte ranges, checked exactly as the
+    safetensors library checks them (checked_reader.read_header)."""
     try:
-        size = file.stat().st_size
-        with open(file, "rb") as handle:
-            prefix = handle.read(8)
-            n = int.from_bytes(prefix, "little")
-            raw = handle.read(n) if len(prefix) == 8 and n <= MAX_HEADER_BYTES else b""
-    except OSError as exc:
-        raise CheckpointError(f"{file}: cannot read ({exc.strerror})") from None
-    if len(prefix) < 8 or n > MAX_HEADER_BYTES or 8 + n > size:
-        raise CheckpointError(f"{file}: not a safetensors file (bad header length)")
-    try:
-        header = json.loads(raw)
-    except ValueError:
-        raise CheckpointError(f"{file}: not a safetensors file (header is not JSON)") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{file}: not a safetensors file (header is not a mapping)")
-    refs = []
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype, shape = entry["dtype"], tuple(int(s) for s in entry["shape"])
-            begin, end = (int(x) for x in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{file}: tensor {name!r} has a malformed header entry") from None
-        expected = math.prod(shape) * ITEM_SIZES.get(dtype, 0)
-        if dtype in ITEM_SIZES and (end - begin != expected or begin < 0 or 8 + n + end > size):
-            raise CheckpointError(
-                f"{file}: tensor {name!r} claims bytes [{begin}, {end}) of a {size - 8 - n}-byte "
-                f"data section for {dtype} {list(shape)}; the file is truncated or corrupt"
-            )
-        relative = file.relative_to(folder).as_posix()
-        refs.append(TensorRef(name, dtype, shape, relative, 8 + n + begin, end - begin))
-    return refs
+        start, entries = checked_reader.read_header(file)
+    except checked_reader.CheckpointError as exc:
+        raise CheckpointError(str(exc)) from None
+    relative = file.relative_to(folder).as_posix()
+    return [
+        TensorRef(e.name, e.dtype, e.shape, relative, start + e.begin, e.end - e.begin)
+        for e in sorted(entries.values(), key=lambda e: e.begin)
+    ]
+
+
+def read_headers(path: Path) -> tuple[Path, list[TensorRef]]:
+    """The folder and every tensor of a checkpoint (file or folder), headers checked; a tensor
+    name found in two files is refused rather than one silently winning."""
+    folder, files = safetensors_files(path)
+    refs: dict[str, TensorRef] = {}
+    for file in files:
+        for ref in read_header(file, folder):
+            if ref.name in refs:
+                raise CheckpointError(
+                    f"{checked_reader.shown(file)}: tensor {ref.name!r} is also in "
+                    f"{checked_reader.shown(refs[ref.name].file)}"
+                )
+            refs[ref.name] = ref
+    return folder, list(refs.values())

@@ -24,6 +24,7 @@ from backends.safetensors_format import (
     MAX_HEADER_BYTES,
     CheckpointError,
     read_header,
+    read_headers,
     safetensors_files,
 )
 from spec import ModelSpec, to_hf_config
@@ -58,14 +59,15 @@ def read_checkpoint(path: Path) -> dict[str, Tensor]:
     checked; the bytes are memory-mapped views, unmapped when the last view is dropped."""
     tensors: dict[str, Tensor] = {}
     try:
-        folder, files = safetensors_files(path)
-        for file in files:
-            refs = read_header(file, folder)
-            with open(file, "rb") as handle:
-                data = memoryview(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
-            for ref in refs:
-                view = data[ref.offset : ref.offset + ref.length]
-                tensors[ref.name] = Tensor(ref.dtype, ref.shape, view)
+        folder, refs = read_headers(path)
+        maps: dict[str, memoryview] = {}
+        for ref in refs:
+            if ref.file not in maps:
+                with open(folder / ref.file, "rb") as handle:
+                    mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+                maps[ref.file] = memoryview(mapped)
+            view = maps[ref.file][ref.offset : ref.offset + ref.length]
+            tensors[ref.name] = Tensor(ref.dtype, ref.shape, view)
     except CheckpointError as exc:
         raise UserError(str(exc)) from None
     return tensors
@@ -164,6 +166,24 @@ def check_names(found: set[str], expected: set[str], what: str, path: Path) -> N
         )
 
 
+def check_shapes(
+    spec: ModelSpec, tensors: dict[str, Tensor], names: dict[str, str], path: Path
+) -> None:
+    """Every tensor (`names`: HF name -> its name in `tensors`) has the model's shape, so rows are
+    never permuted under a shape of the right byte count but the wrong layout."""
+    from backends.onnx.checkpoint import expected_shapes
+
+    wrong = [
+        f"{names[hf_name]} {list(tensors[names[hf_name]].shape)} (model has {list(shape)})"
+        for hf_name, shape in expected_shapes(spec).items()
+        if hf_name in names and tensors[names[hf_name]].shape != shape
+    ]
+    if wrong:
+        raise UserError(
+            f"{path}: not a checkpoint of this model: wrong shape: {', '.join(wrong[:5])}"
+        )
+
+
 def cs_aliases(layout: CheckpointLayout) -> dict[str, str]:
     """Second names of shared tensors in a Cerebras checkpoint -> the name owning the tensor."""
     aliases = {FINAL_NORM_ALIAS: "transformer_decoder.norm.weight"}
@@ -172,15 +192,25 @@ def cs_aliases(layout: CheckpointLayout) -> dict[str, str]:
     return aliases
 
 
-def to_cerebras(layout: CheckpointLayout, src: Path, dst: Path, force: bool = False) -> int:
+def to_cerebras(
+    spec: ModelSpec, layout: CheckpointLayout, src: Path, dst: Path, force: bool = False
+) -> int:
     check_output(dst, source_files(src), force)
     names = layout.hf_to_cs()
+    if src.is_dir():  # a config.json beside the weights must describe this model (RoPE too)
+        from backends.onnx.checkpoint import check_config
+
+        try:
+            check_config(spec, src)
+        except CheckpointError as exc:
+            raise UserError(str(exc)) from None
     hf = read_checkpoint(src)
     if layout.tie_embeddings and "lm_head.weight" in hf:
         if bytes(hf["lm_head.weight"].data) != bytes(hf["model.embed_tokens.weight"].data):
             raise UserError(f"{src}: lm_head.weight differs from the embedding of a tied model")
         del hf["lm_head.weight"]
     check_names(set(hf), set(names), "Hugging Face", src)
+    check_shapes(spec, hf, {name: name for name in names}, src)
     out: dict[str, tuple[Tensor, list[int] | None]] = {}
     for hf_name, cs_name in names.items():
         heads = layout.heads_of(hf_name)
@@ -205,6 +235,7 @@ def to_hf(
     aliases = cs_aliases(layout)
     cs = read_checkpoint(src)
     check_names(set(cs), set(names.values()) | set(aliases), "Cerebras", src)
+    check_shapes(spec, cs, names, src)
     for alias, owner in aliases.items():
         if bytes(cs[alias].data) != bytes(cs[owner].data):
             raise UserError(f"{src}: {alias} differs from {owner}; the model holds them as one")
@@ -287,7 +318,7 @@ def convert_command(
             raise UserError(
                 f"{dst}: write a .safetensors file (emitted convert.py writes .mdl/.pt)"
             )
-        count = to_cerebras(layout, src, dst, force)
+        count = to_cerebras(spec, layout, src, dst, force)
     else:
         count = to_hf(spec, layout, src, dst, force)
     click.echo(f"wrote {dst} ({count} tensors)")

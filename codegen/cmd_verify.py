@@ -9,7 +9,6 @@ tolerances are codegen.verifier's, shipped with the package, so verify runs from
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,8 @@ import click
 import numpy as np
 from pydantic import ValidationError
 
-from backends.safetensors_format import CheckpointError, read_header, safetensors_files
+from backends import checked_reader
+from backends.safetensors_format import CheckpointError, read_headers
 from spec import ModelSpec
 
 from .build import GENERATOR, MANIFEST, read_manifest
@@ -109,20 +109,42 @@ def read_checkpoint(path: Path) -> dict[str, np.ndarray]:
     """
     tensors = {}
     try:
-        folder, files = safetensors_files(path)
-        for file in files:
-            data = file.read_bytes()
-            for ref in read_header(file, folder):
-                if ref.dtype not in SAFETENSORS_DTYPES:
-                    raise UserError(f"{file}: {ref.name} has unsupported dtype {ref.dtype}")
-                raw = data[ref.offset : ref.offset + ref.length]
-                values = np.frombuffer(raw, SAFETENSORS_DTYPES[ref.dtype])
-                if ref.dtype == "BF16":
-                    values = (values.astype(np.uint32) << 16).view(np.float32)
-                tensors[ref.name] = values.astype(np.float32).reshape(ref.shape)
+        folder, refs = read_headers(path)
+        data: dict[str, bytes] = {}
+        for ref in refs:
+            if ref.dtype not in SAFETENSORS_DTYPES:
+                raise UserError(f"{ref.file}: {ref.name!r} has unsupported dtype {ref.dtype}")
+            if ref.file not in data:
+                data[ref.file] = (folder / ref.file).read_bytes()
+            raw = data[ref.file][ref.offset : ref.offset + ref.length]
+            values = np.frombuffer(raw, SAFETENSORS_DTYPES[ref.dtype])
+            if ref.dtype == "BF16":
+                values = (values.astype(np.uint32) << 16).view(np.float32)
+            tensors[ref.name] = values.astype(np.float32).reshape(ref.shape)
     except CheckpointError as exc:
         raise UserError(str(exc)) from None
     return tensors
+
+
+def check_fits(spec: ModelSpec, path: Path, tensors: dict[str, np.ndarray]) -> None:
+    """The checkpoint holds this model's tensors with its shapes, and a config.json beside it
+    (if any) describes this model: one line naming what does not fit."""
+    from backends.onnx.checkpoint import check_config, expected_shapes
+
+    try:
+        if path.is_dir():
+            check_config(spec, path)
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from None
+    expected = expected_shapes(spec)
+    faults = sorted(set(expected) ^ set(tensors)) + [
+        f"{name} {list(tensors[name].shape)} (spec needs {list(shape)})"
+        for name, shape in expected.items()
+        if name in tensors and tensors[name].shape != shape
+    ]
+    if faults:
+        shown = ", ".join(checked_reader.shown(fault) for fault in faults[:5])
+        raise UserError(f"{path} does not fit spec {spec.name!r}: {shown}")
 
 
 @click.command("verify")
@@ -166,6 +188,7 @@ def verify_command(out: Path, weights: Path | None, seq: int, batch: int, seed: 
             weights = save_hf_checkpoint(spec, tensors, Path(tmp) / "checkpoint")
         else:
             tensors = read_checkpoint(weights)
+            check_fits(spec, weights, tensors)
         references: dict[str, np.ndarray] = {}
         for item in emitted:
             adapter = ADAPTERS.get(item.target)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jinja2
 
+import backends
 from backends import Backend, BuildOptions, Raw, Rendered
 from spec import ModelSpec
 
@@ -24,7 +25,9 @@ class TemplateBugError(RuntimeError):
 
 def make_environment(backend: Backend) -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(backend.template_dir),
+        # The backends folder comes second so that every target can emit checked_reader.py
+        # verbatim (base.CHECKED_READER): one checked reader for the compiler and emitted code.
+        loader=jinja2.FileSystemLoader([backend.template_dir, Path(backends.__file__).parent]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,

@@ -122,6 +122,7 @@ def test_every_size_builds_with_the_paper_recipe(size):
         "model.py",
         "train.py",
         "convert.py",
+        "checkpoint_files.py",
         "README.md",
         "manifest.json",
     }

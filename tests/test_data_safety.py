@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import stat
 import subprocess
@@ -25,8 +24,8 @@ from click.testing import CliRunner
 
 from codegen.build import OutputError, render_target
 from codegen.cli import main
-from spec import get_preset
 from codegen.verifier.checkpoints import random_weights, save_hf_checkpoint
+from spec import get_preset
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -198,17 +197,29 @@ def test_convert_refuses_a_foreign_output_without_force(tmp_path, ck):
     assert cli("convert", "--to", "cerebras", ck, dst).exit_code == 0  # ours now: replaced
 
 
+# Sets one resource limit, then becomes `python -m codegen ARGS...`. A launcher rather than
+# subprocess's preexec_fn, which forks a process that has JAX's threads (a deadlock risk).
+LIMITED_CLI = (
+    "import os, resource, sys; kind, value = getattr(resource, sys.argv[1]), int(sys.argv[2]); "
+    "resource.setrlimit(kind, (value, value)); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'codegen', *sys.argv[3:]])"
+)
+
+
+def _limited_cli(
+    kind: str, value: int, args: list[str], timeout: float | None = None
+) -> subprocess.CompletedProcess:
+    """The CLI in a subprocess under one resource limit (`kind` names a resource.RLIMIT_*)."""
+    return subprocess.run(  # noqa: PLW1510 - the tests read returncode
+        [sys.executable, "-c", LIMITED_CLI, kind, str(value), *args],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
 def _convert_with_file_limit(args: list[str], limit_bytes: int) -> subprocess.CompletedProcess:
     """`ulimit -f`: the write fails with EFBIG (Python ignores SIGXFSZ)."""
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
-
-    return subprocess.run(  # noqa: PLW1510 - the tests read returncode
-        [sys.executable, "-m", "codegen", "convert", *args],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True, text=True, preexec_fn=limit,
-    )  # fmt: skip
+    return _limited_cli("RLIMIT_FSIZE", limit_bytes, ["convert", *args])
 
 
 def test_failing_convert_keeps_the_old_output_and_leaves_no_temporary(tmp_path, ck):
@@ -397,16 +408,8 @@ def _run_limited(
     args: list[str], memory_bytes: int = 3 * 2**30
 ) -> tuple[subprocess.CompletedProcess, float]:
     """The CLI in a subprocess under an address-space limit; returns it and its wall time."""
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-
     started = time.perf_counter()
-    completed = subprocess.run(  # noqa: PLW1510 - the tests read returncode
-        [sys.executable, "-m", "codegen", *args], cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-        preexec_fn=limit, timeout=120,
-    )  # fmt: skip
+    completed = _limited_cli("RLIMIT_AS", memory_bytes, args, timeout=120)
     return completed, time.perf_counter() - started
 
 

@@ -142,7 +142,7 @@ def test_checkpoint_errors_name_every_tensor(packages, tmp_path):
         package.load_checkpoint(tmp_path / "bad")
 
     (tmp_path / "corrupt.safetensors").write_bytes(b"\xff" * 64)
-    with pytest.raises(package.CheckpointError, match="not a readable safetensors file"):
+    with pytest.raises(package.CheckpointError, match="not a valid safetensors file"):
         package.load_checkpoint(tmp_path / "corrupt.safetensors")
     (tmp_path / "empty").mkdir()
     with pytest.raises(package.CheckpointError, match="no .safetensors files"):
@@ -245,7 +245,8 @@ ALLOWED_IMPORTS = {"jax", "numpy", "safetensors", "__future__"} | set(sys.stdlib
 def test_emitted_code_is_standalone_and_lint_clean(spec, dtype, tmp_path):
     folder = build_target(spec, "jax", tmp_path, BuildOptions(dtype=DType(dtype)))
     assert sorted(p.name for p in folder.iterdir()) == [
-        "README.md", "__init__.py", "manifest.json", "model.py", "sharding.py", "weights.py",
+        "README.md", "__init__.py", "checkpoint_files.py", "manifest.json", "model.py",
+        "sharding.py", "weights.py",
     ]  # fmt: skip
     for file in folder.glob("*.py"):
         for node in ast.walk(ast.parse(file.read_text())):

@@ -275,7 +275,7 @@ def test_truncated_safetensors(tiny_torch, tmp_path):
     folder = save_hf_checkpoint(spec, random_weights(spec, 0), tmp_path / "ck")
     data = (folder / "model.safetensors").read_bytes()
     (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
-    assert "not a readable safetensors file" in _load_error(package, folder)
+    assert "not a valid safetensors file" in _load_error(package, folder)
 
 
 def test_header_that_lies_about_sizes(tiny_torch, tmp_path):
@@ -289,7 +289,7 @@ def test_header_that_lies_about_sizes(tiny_torch, tmp_path):
     entry["data_offsets"][1] += 10**9  # claims a gigabyte more than the file holds
     raw = json.dumps(header).encode()
     file.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + length :])
-    assert "not a readable safetensors file" in _load_error(package, folder)
+    assert "not a valid safetensors file" in _load_error(package, folder)
 
 
 def test_wrong_dtype_names_the_tensor(tiny_torch, tmp_path):
@@ -297,7 +297,7 @@ def test_wrong_dtype_names_the_tensor(tiny_torch, tmp_path):
     weights = random_weights(spec, 0)
     weights["model.norm.weight"] = weights["model.norm.weight"].astype(np.int32)
     folder = save_hf_checkpoint(spec, weights, tmp_path / "ck")
-    assert "model.norm.weight has dtype I32" in _load_error(package, folder)
+    assert "'model.norm.weight' has dtype I32" in _load_error(package, folder)
 
 
 def test_pickled_code_in_meta_checkpoint_never_runs(tiny_torch, tmp_path):

@@ -10,7 +10,7 @@ import yaml
 
 from spec import DType, ModelSpec, to_hf_config
 
-from ..base import Artifact, BuildOptions, OptionError, Rendered, spec_context
+from ..base import CHECKED_READER, Artifact, BuildOptions, OptionError, Rendered, spec_context
 from .mapping import FINAL_NORM_ALIAS, GLOBAL_NAMES, LAYER_NAMES, CheckpointLayout
 
 # Schedule and logging cadence of the Model Zoo's reference LLaMA files, capped by the run length.
@@ -186,6 +186,7 @@ class CerebrasBackend:
                 model | {"config": f"params_{spec.name}.yaml", "seq_len": spec.training.seq_len},
             ),
             Rendered("convert.py", "convert.py.jinja", model),
+            CHECKED_READER,
             Rendered("README.md", "README.md.jinja", model | config | readme_context(spec)),
         ]
 

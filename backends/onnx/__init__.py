@@ -10,12 +10,14 @@ copies the checkpoint's bytes into the graphs instead (into `model.onnx.data` pa
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 from spec import DType, ModelSpec
 
-from ..base import Artifact, BuildOptions, Raw, Rendered, spec_context
+from ..base import CHECKED_READER, Artifact, BuildOptions, Raw, Rendered, spec_context
+from ..checked_reader import shown
 from .checkpoint import (
     FLOAT_DTYPES,
     Checkpoint,
@@ -55,7 +57,23 @@ def declared_weights(spec: ModelSpec, dtype: DType) -> dict[str, Weight]:
 
 
 def referenced_weights(checkpoint: Checkpoint) -> dict[str, Weight]:
-    """Bound by reference: byte ranges inside the checkpoint's files (relative to its folder)."""
+    """Bound by reference: byte ranges inside the checkpoint's files (relative to its folder).
+
+    onnxruntime refuses external data that resolves outside the folder it is given, symlinks
+    included, so a shard that does (a Hugging Face cache snapshot links into ../../blobs/) is
+    refused here, saying so, rather than bound to graphs that cannot load. The locations written
+    are plain relative names: never absolute, never `..`.
+    """
+    folder = os.path.realpath(checkpoint.folder)
+    for file in sorted({ref.file for ref in checkpoint.tensors.values()}):
+        real = os.path.realpath(checkpoint.folder / file)
+        if os.path.commonpath([folder, real]) != folder:
+            raise CheckpointError(
+                f"{shown(checkpoint.folder / file)} resolves to {shown(real)}, outside the weights "
+                "folder, and onnxruntime refuses external data there (a Hugging Face cache snapshot "
+                "links into ../../blobs/): copy the snapshot with `cp -rL SNAPSHOT DEST` and bind "
+                "DEST, or use --embed-weights"
+            )
     return {
         name: Weight(name, ref.dtype, ref.shape, ref.file, ref.offset, ref.length)
         for name, ref in checkpoint.tensors.items()
@@ -97,6 +115,12 @@ def readme_context(
         "files": files,
         "dtypes": sorted({DTYPE_NAMES[w.dtype] for w in weights.values()}),
         "data_file": DATA_FILE,
+        # reference mode: what run.py checks in the weights folder before onnxruntime reads it
+        "tensors": [
+            (w.name, w.location, w.dtype, list(w.shape), w.offset)
+            for w in weights.values()
+            if mode == "reference"
+        ],
         "ort_min_version": ORT_MIN_VERSION,
         "ort_tested_version": ORT_TESTED_VERSION,
     }
@@ -131,6 +155,8 @@ class OnnxBackend:
             artifacts.append(Raw(DATA_FILE, data))
         context = readme_context(spec, options, weights, mode)
         artifacts += [Rendered(path, path + ".jinja", context) for path in ("README.md", "run.py")]
+        if mode == "reference":  # run.py checks the weights folder with it
+            artifacts.append(CHECKED_READER)
         return artifacts
 
 

@@ -7,18 +7,19 @@ binding a 65B checkpoint reads a few hundred kilobytes.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from spec import ModelSpec, SpecFormatError, from_hf_config
 
+from .. import checked_reader
 from ..safetensors_format import (
     ITEM_SIZES,
     CheckpointError,
     TensorRef,
-    read_header,
-    safetensors_files,
+    read_headers,
 )
 
 # Floating dtypes the graph can read (it casts them to float32), with their sizes in bytes.
@@ -70,9 +71,22 @@ def check_config(spec: ModelSpec, folder: Path) -> None:
     if not path.is_file():
         return
     try:
-        theirs = from_hf_config(json.loads(path.read_text()), name=spec.name)
-    except (OSError, ValueError, KeyError, TypeError, SpecFormatError) as exc:
-        raise CheckpointError(f"{path}: not a LLaMA config.json ({exc})") from None
+        config = checked_reader.read_json(path)  # size and nesting bounded
+        checked_reader.hf_rope_scaling(config, checked_reader.shown(path))  # names a bad key
+        theirs = from_hf_config(config, name=spec.name)
+    except ValidationError as exc:  # pydantic's message spans lines: keep the first fault
+        fault = exc.errors()[0]
+        where = ".".join(str(part) for part in fault["loc"])
+        raise CheckpointError(
+            f"{checked_reader.shown(path)}: not a LLaMA config.json ({where}: {fault['msg']})"
+        ) from None
+    except (checked_reader.CheckpointError, SpecFormatError) as exc:
+        raise CheckpointError(f"not a LLaMA config.json: {checked_reader.shown(exc)}") from None
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{checked_reader.shown(path)}: not a LLaMA config.json "
+            f"({type(exc).__name__}: {checked_reader.shown(exc)})"
+        ) from None
     mismatched = [
         f"{field} {getattr(theirs, field)} (spec has {getattr(spec, field)})"
         for field in CONFIG_FIELDS
@@ -84,15 +98,12 @@ def check_config(spec: ModelSpec, folder: Path) -> None:
 
 def open_checkpoint(spec: ModelSpec, path: Path) -> Checkpoint:
     """Every tensor the spec needs, located in the checkpoint; one error lists every fault."""
-    folder, files = safetensors_files(Path(path))
+    folder, refs = read_headers(Path(path))
     check_config(spec, folder)
-    found: dict[str, TensorRef] = {}
-    for file in files:
-        for ref in read_header(file, folder):
-            found[ref.name] = ref
+    found = {ref.name: ref for ref in refs}
     expected = expected_shapes(spec)
     missing = [name for name in expected if name not in found]
-    unexpected = sorted(set(found) - set(expected))
+    unexpected = [checked_reader.shown(name) for name in sorted(set(found) - set(expected))]
     wrong_shape = [
         f"{name} {list(found[name].shape)} (spec needs {list(shape)})"
         for name, shape in expected.items()

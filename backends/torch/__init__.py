@@ -8,7 +8,7 @@ from typing import Any
 
 from spec import ModelSpec
 
-from ..base import Artifact, BuildOptions, Rendered, spec_context
+from ..base import CHECKED_READER, Artifact, BuildOptions, Rendered, spec_context
 from .parallel import parallel_context
 
 
@@ -31,7 +31,7 @@ class TorchBackend:
         return [
             Rendered(path, path + ".jinja", context)
             for path in ("__init__.py", "model.py", "weights.py", "parallel.py", "README.md")
-        ]
+        ] + [CHECKED_READER]
 
 
 BACKEND = TorchBackend()

@@ -44,5 +44,11 @@ def import_package(folder: Path) -> ModuleType:
 
 
 def import_file(path: Path) -> ModuleType:
-    """Import one emitted script (run.py, model.py, convert.py) as a module under a fresh name."""
-    return _load(f"emitted_{path.parent.name}_{path.stem}_{next(_package_ids)}", path)
+    """Import one emitted script (run.py, model.py, convert.py) as a module under a fresh name,
+    with its folder first on sys.path as `python script.py` has it (for checkpoint_files.py)."""
+    sys.modules.pop("checkpoint_files", None)  # the one beside this script, not another folder's
+    sys.path.insert(0, str(path.parent))
+    try:
+        return _load(f"emitted_{path.parent.name}_{path.stem}_{next(_package_ids)}", path)
+    finally:
+        sys.path.remove(str(path.parent))

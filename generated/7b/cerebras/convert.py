@@ -9,6 +9,9 @@ Names follow the Model Zoo's LLaMA converter. q/k rows are permuted per head bet
 Face's half RoPE layout (pairs (i, i + head_dim/2)) and the Model Zoo's interleaved one (pairs
 (2i, 2i+1)); every other tensor is only renamed. A Cerebras checkpoint holds the final norm as
 both `transformer_decoder.norm` and `ln_f`. Tensors keep their dtype and values: a round trip is exact.
+Checkpoints are read through checkpoint_files.py (the compiler's own checked reader): shard paths
+stay inside the folder, headers meet the safetensors library's rules, every name and shape is
+checked before a row moves, and a refusal is one line (exit code 2) with nothing written.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 from pathlib import Path
 
 import torch
+from checkpoint_files import CheckpointError, check_hf_config, checkpoint_files, read_header, shown
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
@@ -70,6 +74,19 @@ HF_CONFIG = {
     "initializer_range": 0.02,
     "torch_dtype": "float32",
 }
+# What a config.json beside Hugging Face weights must say (checkpoint_files.check_hf_config).
+HF_CONFIG_VALUES = {
+    "vocab_size": 32000,
+    "hidden_size": 4096,
+    "num_hidden_layers": N_LAYERS,
+    "num_attention_heads": N_HEADS,
+    "num_key_value_heads": N_KV_HEADS,
+    "intermediate_size": 11008,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 10000.0,
+    "rope_scaling": {"type": "none"},
+    "tie_word_embeddings": TIE_EMBEDDINGS,
+}
 
 
 def hf_to_cs_names() -> dict[str, str]:
@@ -77,6 +94,43 @@ def hf_to_cs_names() -> dict[str, str]:
         hf.format(i=i): cs.format(i=i) for i in range(N_LAYERS) for hf, cs in LAYER_NAMES.items()
     }
     return names | GLOBAL_NAMES
+
+
+def hf_shapes() -> dict[str, tuple[int, ...]]:
+    """Every Hugging Face tensor of this model with its shape (Cerebras tensors have the same)."""
+    d, f, kv, vocab = (
+        HF_CONFIG_VALUES["hidden_size"],
+        HF_CONFIG_VALUES["intermediate_size"],
+        N_KV_HEADS * HEAD_DIM,
+        HF_CONFIG_VALUES["vocab_size"],
+    )
+    layer = {
+        "input_layernorm": (d,), "post_attention_layernorm": (d,),
+        "self_attn.q_proj": (N_HEADS * HEAD_DIM, d), "self_attn.k_proj": (kv, d), "self_attn.v_proj": (kv, d),
+        "self_attn.o_proj": (d, N_HEADS * HEAD_DIM), "mlp.gate_proj": (f, d), "mlp.up_proj": (f, d), "mlp.down_proj": (d, f),
+    }  # fmt: skip
+    shapes = {
+        f"model.layers.{i}.{name}.weight": shape
+        for i in range(N_LAYERS)
+        for name, shape in layer.items()
+    }
+    shapes |= {
+        "model.embed_tokens.weight": (vocab, d),
+        "model.norm.weight": (d,),
+        "lm_head.weight": (vocab, d),
+    }
+    return {name: shapes[name] for name in hf_to_cs_names()}
+
+
+def check_shapes(tensors: dict[str, Tensor], names: dict[str, str]) -> None:
+    """`names` maps each Hugging Face name to its name in `tensors`; every shape must be the model's."""
+    wrong = [
+        f"{theirs} {list(tensors[theirs].shape)} (model has {list(shape)})"
+        for hf_name, shape in hf_shapes().items()
+        if tuple(tensors[theirs := names[hf_name]].shape) != shape
+    ]
+    if wrong:
+        raise CheckpointError("checkpoint does not fit the model; wrong shape: " + ", ".join(wrong))
 
 
 def rope_heads(hf_name: str) -> int | None:
@@ -109,6 +163,7 @@ def check_names(found: set[str], expected: set[str], what: str) -> None:
 def hf_to_cs(hf: dict[str, Tensor]) -> dict[str, Tensor]:
     names = hf_to_cs_names()
     check_names(set(hf), set(names), "Hugging Face")
+    check_shapes(hf, {name: name for name in names})
     cs = {}
     for hf_name, cs_name in names.items():
         heads = rope_heads(hf_name)
@@ -122,6 +177,7 @@ def hf_to_cs(hf: dict[str, Tensor]) -> dict[str, Tensor]:
 def cs_to_hf(cs: dict[str, Tensor]) -> dict[str, Tensor]:
     names = hf_to_cs_names()
     check_names(set(cs), set(names.values()) | set(CS_ALIASES), "Cerebras")
+    check_shapes(cs, names)
     for alias, owner in CS_ALIASES.items():
         if not torch.equal(cs[alias], cs[owner]):
             raise ValueError(f"{alias} differs from {owner}; the model holds them as one tensor")
@@ -134,6 +190,15 @@ def cs_to_hf(cs: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def load_safetensors(files: list[Path]) -> dict[str, Tensor]:
+    """Every tensor of the files, read only after every header has been checked."""
+    owner: dict[str, Path] = {}
+    for file in files:
+        for name in read_header(file)[1]:
+            if name in owner:  # which of the two would be meant?
+                raise CheckpointError(
+                    f"{shown(file)}: tensor {name!r} is also in {shown(owner[name])}"
+                )
+            owner[name] = file
     tensors = {}
     for file in files:
         with safe_open(file, framework="pt") as f:
@@ -142,14 +207,10 @@ def load_safetensors(files: list[Path]) -> dict[str, Tensor]:
 
 
 def load_hf(path: Path) -> dict[str, Tensor]:
-    """A Hugging Face folder (single or sharded safetensors) or one .safetensors file."""
-    if path.is_file():
-        return load_safetensors([path])
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return load_safetensors([path / shard for shard in shards])
-    return load_safetensors(sorted(path.glob("*.safetensors")))
+    """A Hugging Face folder (single or sharded safetensors, config.json checked) or one file."""
+    if path.is_dir() and (path / "config.json").is_file():
+        check_hf_config(path / "config.json", HF_CONFIG_VALUES)
+    return load_safetensors(checkpoint_files(path)[1])
 
 
 def load_cs(path: Path) -> dict[str, Tensor]:
@@ -164,7 +225,12 @@ def load_cs(path: Path) -> dict[str, Tensor]:
             name: torch.empty_like(t).copy_(t) for name, t in model.items()
         }  # read the deferred tensors
     state = torch.load(path, map_location="cpu", weights_only=True)
-    return dict(state.get("model", state))
+    state = state.get("model", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(isinstance(t, Tensor) for t in state.values()):
+        raise CheckpointError(
+            f"{shown(path)}: not a dict of tensors, nor one under the key 'model'"
+        )
+    return dict(state)
 
 
 def save_cs(cs: dict[str, Tensor], path: Path) -> None:
@@ -195,10 +261,17 @@ def main() -> None:
         "dst", type=Path, help="to-cerebras: a .safetensors/.mdl/.pt file; to-hf: a folder"
     )
     args = parser.parse_args()
+    try:
+        if args.direction == "to-cerebras":
+            converted = hf_to_cs(load_hf(args.src))
+        else:
+            converted = cs_to_hf(load_cs(args.src))
+    except (CheckpointError, ValueError) as exc:  # a refused checkpoint: one line, nothing written
+        parser.exit(2, f"convert.py: error: {shown(exc)}\n")
     if args.direction == "to-cerebras":
-        save_cs(hf_to_cs(load_hf(args.src)), args.dst)
+        save_cs(converted, args.dst)
     else:
-        save_hf(cs_to_hf(load_cs(args.src)), args.dst)
+        save_hf(converted, args.dst)
     print(f"wrote {args.dst}")
 
 

@@ -4,17 +4,19 @@
 
 A safetensors file is an 8-byte little-endian header length, a JSON header and raw little-endian
 arrays, so it is read here with numpy memory maps: no code from the checkpoint runs, nothing is
-read before every name and shape has been checked, and bfloat16 needs no torch.
+read before every name and shape has been checked, and bfloat16 needs no torch. File lists,
+headers and config.json go through checkpoint_files.py (the compiler's own checked reader, copied
+verbatim): the safetensors library's header rules, shard paths kept inside the folder.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 
+from .checkpoint_files import CheckpointError, check_hf_config, checkpoint_files, read_header, shown
 from .model import CONFIG, Config, Params
 
 DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": jnp.bfloat16}
@@ -38,10 +40,6 @@ HF_LAYER_NAMES = {
 }
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model; the message names every offending tensor."""
-
-
 def hf_layout(name: str, array: np.ndarray) -> np.ndarray:
     """Our (in, out) matrices are HF's (out, in) transposed; the embedding and norms are the same."""
     return array.T if array.ndim == 2 and name != "embed" else array
@@ -55,11 +53,8 @@ def load_checkpoint(path: str | Path, config: Config = CONFIG) -> Params:
     """
     path = Path(path)
     if path.is_dir() and (path / "config.json").is_file():
-        check_hf_config(json.loads((path / "config.json").read_text()), config)
-    tensors: dict[str, np.ndarray] = {}
-    for file in safetensors_files(path):
-        tensors |= read_safetensors(file)
-    check_names_and_shapes(expected_shapes(config), {n: t.shape for n, t in tensors.items()})
+        check_hf_config(path / "config.json", hf_config_values(config))
+    tensors = read_safetensors(checkpoint_files(path)[1], expected_shapes(config))
 
     dtype = jnp.dtype(config.dtype)
     params: Params = {
@@ -115,53 +110,38 @@ def expected_shapes(config: Config) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def safetensors_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [path / name for name in sorted(set(weight_map.values()))]
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"{path}: no .safetensors files")
-    return files
-
-
-def read_safetensors(file: Path) -> dict[str, np.ndarray]:
-    """Every tensor of one file as a read-only numpy memory map (nothing is read yet)."""
-    try:
-        size = file.stat().st_size
-        with open(file, "rb") as f:
-            header_len = int.from_bytes(f.read(8), "little")
-            if not 0 < header_len <= size - 8:
-                raise ValueError(f"header length {header_len} does not fit a {size}-byte file")
-            header = json.loads(f.read(header_len))
-        header.pop("__metadata__", None)
-        tensors = {}
-        for name, info in header.items():
-            if info["dtype"] not in DTYPES:
-                raise ValueError(
-                    f"{name} has dtype {info['dtype']} (supported: {', '.join(DTYPES)})"
+def read_safetensors(
+    files: list[Path], expected: dict[str, tuple[int, ...]]
+) -> dict[str, np.ndarray]:
+    """Every tensor as a read-only numpy memory map, mapped only after every header, name, dtype
+    and shape has been checked (nothing is read yet)."""
+    entries, owner = {}, {}
+    for file in files:
+        start, header = read_header(file)
+        for name, entry in header.items():
+            if entry.dtype not in DTYPES:
+                raise CheckpointError(
+                    f"{shown(file)}: {name!r} has dtype {entry.dtype} (supported: {', '.join(DTYPES)})"
                 )
-            dtype, shape = np.dtype(DTYPES[info["dtype"]]), tuple(info["shape"])
-            begin, end = info["data_offsets"]
-            if end - begin != dtype.itemsize * int(np.prod(shape)) or 8 + header_len + end > size:
-                raise ValueError(
-                    f"{name}: data offsets {begin}..{end} do not fit its shape or the file"
+            if name in owner:  # which of the two would be meant?
+                raise CheckpointError(
+                    f"{shown(file)}: tensor {name!r} is also in {shown(owner[name])}"
                 )
-            offset = 8 + header_len + begin
-            tensors[name] = np.memmap(file, dtype, mode="r", offset=offset, shape=shape)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"{file}: not a readable safetensors file ({exc})") from None
-    return tensors
+            entries[name], owner[name] = (file, start, entry), file
+    check_names_and_shapes(expected, {name: entry.shape for name, (_, _, entry) in entries.items()})
+    return {
+        name: np.memmap(
+            file, np.dtype(DTYPES[e.dtype]), mode="r", offset=start + e.begin, shape=e.shape
+        )
+        for name, (file, start, e) in entries.items()
+    }
 
 
 def check_names_and_shapes(
     expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]
 ) -> None:
     missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
+    unexpected = [shown(name) for name in sorted(set(found) - set(expected))]  # names from the file
     wrong = [
         f"{name} {found[name]} (model has {expected[name]})"
         for name in sorted(set(expected) & set(found))
@@ -180,31 +160,17 @@ def check_names_and_shapes(
         raise CheckpointError("checkpoint does not fit the model; " + "; ".join(problems))
 
 
-def check_hf_config(config_json: dict, config: Config) -> None:
-    """Refuse a Hugging Face config.json that describes another architecture than `config`."""
-    rope = config_json.get("rope_parameters") or {}
-    pairs = {
-        "vocab_size": (config_json.get("vocab_size"), config.vocab_size),
-        "hidden_size": (config_json.get("hidden_size"), config.dim),
-        "num_hidden_layers": (config_json.get("num_hidden_layers"), config.n_layers),
-        "num_attention_heads": (config_json.get("num_attention_heads"), config.n_heads),
-        "num_key_value_heads": (
-            config_json.get("num_key_value_heads", config.n_heads),
-            config.n_kv_heads,
-        ),
-        "intermediate_size": (config_json.get("intermediate_size"), config.hidden_dim),
-        "rms_norm_eps": (config_json.get("rms_norm_eps"), config.norm_eps),
-        "rope_theta": (
-            rope.get("rope_theta", config_json.get("rope_theta", 10000.0)),
-            config.rope_theta,
-        ),
-        "tie_word_embeddings": (
-            config_json.get("tie_word_embeddings", False),
-            config.tie_embeddings,
-        ),
+def hf_config_values(config: Config) -> dict[str, object]:
+    """What a Hugging Face config.json of this model says, for checkpoint_files.check_hf_config."""
+    return {
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.dim,
+        "num_hidden_layers": config.n_layers,
+        "num_attention_heads": config.n_heads,
+        "num_key_value_heads": config.n_kv_heads,
+        "intermediate_size": config.hidden_dim,
+        "rms_norm_eps": config.norm_eps,
+        "rope_theta": config.rope_theta,
+        "rope_scaling": {"type": "none"},
+        "tie_word_embeddings": config.tie_embeddings,
     }
-    mismatched = [
-        f"{key} {got} (model has {want})" for key, (got, want) in pairs.items() if got != want
-    ]
-    if mismatched:
-        raise CheckpointError("config.json describes another model: " + ", ".join(mismatched))

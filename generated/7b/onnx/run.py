@@ -36,7 +36,7 @@ def load_session(graph: str, weights: Path) -> ort.InferenceSession:
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def check_weights(folder: Path) -> None:
+def check_weight_files(folder: Path) -> None:
     """Exit with one line (code 2) when `folder` lacks a file the graphs read, rather than let
     onnxruntime fail with a traceback."""
     missing = [name for name in WEIGHT_FILES if not (folder / name).is_file()]
@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--ids", type=int, nargs="+", required=True, help="prompt token ids")
     parser.add_argument("--max-new-tokens", type=int, default=16)
     args = parser.parse_args()
-    check_weights(args.weights)
+    check_weight_files(args.weights)
     session = load_session("model_with_past.onnx", args.weights)
     tokens = generate(session, np.array([args.ids]), args.max_new_tokens)
     print(" ".join(str(token) for token in tokens[0]))

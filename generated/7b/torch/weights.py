@@ -3,11 +3,13 @@
 """Load Hugging Face (safetensors) and Meta (consolidated.*.pth) checkpoints into `Model`.
 
 Loading never runs code from the checkpoint: safetensors, and `torch.load(weights_only=True)`.
+Every file list, header and config.json goes through checkpoint_files.py (the compiler's own
+checked reader, copied verbatim): shard paths stay inside the folder, headers are held to the
+safetensors library's rules, and every refusal is one CheckpointError naming file and tensor.
 """
 
 from __future__ import annotations
 
-import json
 import pickle
 import re
 from collections.abc import Callable, Iterator
@@ -17,11 +19,16 @@ import torch
 from safetensors import safe_open
 from torch import Tensor, nn
 
+from .checkpoint_files import (
+    CheckpointError,
+    check_hf_config,
+    checkpoint_files,
+    read_header,
+    read_json,
+    shard_path,
+    shown,
+)
 from .model import ModelArgs
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model; the message names every offending tensor."""
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:
@@ -36,8 +43,8 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
         shapes, read = meta_reader(path, model.args)
     else:
         if path.is_dir() and (path / "config.json").is_file():
-            check_hf_config(json.loads((path / "config.json").read_text()), model.args)
-        shapes, read = safetensors_reader(safetensors_files(path))
+            check_hf_config(path / "config.json", hf_config_values(model.args))
+        shapes, read = safetensors_reader(checkpoint_files(path)[1])
     expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
     check_names_and_shapes(expected, shapes)
     params = dict(model.named_parameters())
@@ -46,40 +53,25 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
             params[name].copy_(tensor)
 
 
-def safetensors_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [path / name for name in sorted(set(weight_map.values()))]
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"{path}: no .safetensors files and no consolidated.*.pth")
-    return files
-
-
 Reader = Callable[[], Iterator[tuple[str, Tensor]]]
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
 
 
 def safetensors_reader(files: list[Path]) -> tuple[dict[str, tuple[int, ...]], Reader]:
-    """Names and shapes from the headers, and a reader that yields one tensor at a time."""
+    """Names and shapes from the checked headers, and a reader that yields one tensor at a time."""
     shapes: dict[str, tuple[int, ...]] = {}
+    owner: dict[str, Path] = {}
     for file in files:
-        try:
-            with safe_open(file, framework="pt") as f:
-                for name in f.keys():
-                    tensor = f.get_slice(name)
-                    if tensor.get_dtype() not in FLOAT_DTYPES:
-                        raise CheckpointError(
-                            f"{file}: {name} has dtype {tensor.get_dtype()}, not a float"
-                        )
-                    shapes[name] = tuple(tensor.get_shape())
-        except CheckpointError:
-            raise
-        except Exception as exc:  # safetensors raises its own error types for corrupt files
-            raise CheckpointError(f"{file}: not a readable safetensors file ({exc})") from None
+        for name, entry in read_header(file)[1].items():
+            if entry.dtype not in FLOAT_DTYPES:
+                raise CheckpointError(
+                    f"{shown(file)}: {name!r} has dtype {entry.dtype}, not a float"
+                )
+            if name in owner:  # which of the two would be meant?
+                raise CheckpointError(
+                    f"{shown(file)}: tensor {name!r} is also in {shown(owner[name])}"
+                )
+            shapes[name], owner[name] = entry.shape, file
 
     def read() -> Iterator[tuple[str, Tensor]]:
         for file in files:
@@ -94,7 +86,7 @@ def check_names_and_shapes(
     expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]
 ) -> None:
     missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
+    unexpected = [shown(name) for name in sorted(set(found) - set(expected))]  # names from the file
     wrong = [
         f"{name} {found[name]} (model has {expected[name]})"
         for name in sorted(set(expected) & set(found))
@@ -113,25 +105,20 @@ def check_names_and_shapes(
         raise CheckpointError("checkpoint does not fit the model; " + "; ".join(problems))
 
 
-def check_hf_config(config: dict, args: ModelArgs) -> None:
-    """Refuse a Hugging Face config.json that describes another architecture than `args`."""
-    rope = config.get("rope_parameters") or {}
-    pairs = {
-        "vocab_size": (config.get("vocab_size"), args.vocab_size),
-        "hidden_size": (config.get("hidden_size"), args.dim),
-        "num_hidden_layers": (config.get("num_hidden_layers"), args.n_layers),
-        "num_attention_heads": (config.get("num_attention_heads"), args.n_heads),
-        "num_key_value_heads": (config.get("num_key_value_heads", args.n_heads), args.n_kv_heads),
-        "intermediate_size": (config.get("intermediate_size"), args.hidden_dim),
-        "rms_norm_eps": (config.get("rms_norm_eps"), args.norm_eps),
-        "rope_theta": (rope.get("rope_theta", config.get("rope_theta", 10000.0)), args.rope_theta),
-        "tie_word_embeddings": (config.get("tie_word_embeddings", False), args.tie_embeddings),
+def hf_config_values(args: ModelArgs) -> dict[str, object]:
+    """What a Hugging Face config.json of this model says, for checkpoint_files.check_hf_config."""
+    return {
+        "vocab_size": args.vocab_size,
+        "hidden_size": args.dim,
+        "num_hidden_layers": args.n_layers,
+        "num_attention_heads": args.n_heads,
+        "num_key_value_heads": args.n_kv_heads,
+        "intermediate_size": args.hidden_dim,
+        "rms_norm_eps": args.norm_eps,
+        "rope_theta": args.rope_theta,
+        "rope_scaling": {"type": "none"},
+        "tie_word_embeddings": args.tie_embeddings,
     }
-    mismatched = [
-        f"{key} {got} (model has {want})" for key, (got, want) in pairs.items() if got != want
-    ]
-    if mismatched:
-        raise CheckpointError("config.json describes another model: " + ", ".join(mismatched))
 
 
 # Meta names -> Hugging Face names; layer index captured as {i}.
@@ -187,24 +174,87 @@ def load_meta_shard(file: Path) -> dict[str, Tensor]:
     if not isinstance(shard, dict):
         raise CheckpointError(f"{file}: expected a dict of tensors, found {type(shard).__name__}")
     for name, tensor in shard.items():
-        if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
-            raise CheckpointError(f"{file}: {name} is not a float tensor")
+        if (
+            not isinstance(name, str)
+            or not isinstance(tensor, Tensor)
+            or not tensor.is_floating_point()
+        ):
+            raise CheckpointError(f"{shown(file)}: {shown(repr(name))} is not a named float tensor")
     return shard
 
 
+def check_meta_params(path: Path, args: ModelArgs) -> None:
+    """Refuse a params.json beside the shards that describes another model (RoPE and eps too)."""
+    if not path.is_file():
+        return
+    params = read_json(path)
+    theirs = {
+        "dim": params.get("dim"),
+        "n_layers": params.get("n_layers"),
+        "n_heads": params.get("n_heads"),
+        "n_kv_heads": params.get("n_kv_heads", params.get("n_heads")),
+        "norm_eps": params.get("norm_eps"),
+        "rope_theta": params.get("rope_theta", 10000.0),
+        "use_scaled_rope": params.get("use_scaled_rope", False),
+    }
+    ours = {
+        "dim": args.dim,
+        "n_layers": args.n_layers,
+        "n_heads": args.n_heads,
+        "n_kv_heads": args.n_kv_heads,
+        "norm_eps": args.norm_eps,
+        "rope_theta": args.rope_theta,
+        "use_scaled_rope": False,
+    }
+    mismatched = [
+        f"{key} {shown(repr(theirs[key]))[:80]} (model has {want!r})"
+        for key, want in ours.items()
+        if theirs[key] is not None and theirs[key] != want  # absent: nothing to contradict
+    ]
+    if mismatched:
+        raise CheckpointError(f"{shown(path)} describes another model: " + ", ".join(mismatched))
+
+
+def join_meta_shards(files: list[Path], meta_name: str, parts: list[Tensor]) -> Tensor:
+    """One tensor from its model-parallel pieces (concatenated along its split dim, if any)."""
+    dim = META_SHARD_DIM.get(meta_name.split(".")[-2]) if "." in meta_name else None
+    if len(parts) == 1 or dim is None:
+        return parts[0]
+    try:
+        return torch.cat(parts, dim=dim)
+    except (RuntimeError, IndexError):
+        shapes = ", ".join(str(list(part.shape)) for part in parts)
+        raise CheckpointError(
+            f"{shown(files[0].parent)}: tensor {meta_name!r} has shards {shapes} that do not join along dim {dim}"
+        ) from None
+
+
 def meta_reader(path: Path, args: ModelArgs) -> tuple[dict[str, tuple[int, ...]], Reader]:
-    shards = [load_meta_shard(file) for file in sorted(path.glob("consolidated.*.pth"))]
+    files = [
+        shard_path(path, file.name, shown(path)) for file in sorted(path.glob("consolidated.*.pth"))
+    ]
+    shards = [load_meta_shard(file) for file in files]
+    check_meta_params(path / "params.json", args)
+    for file, shard in zip(files[1:], shards[1:], strict=True):
+        differing = sorted(set(shard) ^ set(shards[0]))
+        if differing:
+            raise CheckpointError(
+                f"{shown(file)}: tensor {differing[0]!r} is in only one of it and {shown(files[0].name)} (shards must hold the same names)"
+            )
     tensors: dict[str, Tensor] = {}
     for meta_name in shards[0]:
         if meta_name == "rope.freqs":  # LLaMA 1 stores its RoPE frequencies; we compute ours
             continue
-        parts = [shard[meta_name] for shard in shards]
-        dim = META_SHARD_DIM.get(meta_name.split(".")[-2])
-        tensor = torch.cat(parts, dim=dim) if len(parts) > 1 and dim is not None else parts[0]
+        tensor = join_meta_shards(files, meta_name, [shard[meta_name] for shard in shards])
         name = hf_name(meta_name) or meta_name
-        if name.endswith("q_proj.weight"):
-            tensor = interleaved_to_half(tensor, args.n_heads, args.head_dim)
-        elif name.endswith("k_proj.weight"):
-            tensor = interleaved_to_half(tensor, args.n_kv_heads, args.head_dim)
+        heads = {"q_proj": args.n_heads, "k_proj": args.n_kv_heads}.get(
+            name.split(".")[-2] if "." in name else ""
+        )
+        if heads is not None:
+            if tensor.ndim != 2 or tensor.shape[0] != heads * args.head_dim:
+                raise CheckpointError(
+                    f"{shown(path)}: tensor {meta_name!r} has shape {list(tensor.shape)}, the model needs {heads * args.head_dim} rows"
+                )
+            tensor = interleaved_to_half(tensor, heads, args.head_dim)
         tensors[name] = tensor
     return {name: tuple(t.shape) for name, t in tensors.items()}, lambda: iter(tensors.items())

@@ -1,0 +1,431 @@
+"""One checked reader for untrusted Hugging Face checkpoints: file lists and safetensors headers.
+
+The compiler imports this module, and every emitted loader gets a verbatim copy of it (as
+`checkpoint_files.py`), so the compiler and the standalone code refuse exactly the same inputs.
+It imports the standard library only.
+
+A safetensors file is an 8-byte little-endian header length n, n bytes of UTF-8 JSON, then the
+data: tensor `t` occupies bytes [8 + n + begin, 8 + n + end) of the file. The rules are those of
+the safetensors library 0.8 (Rust, `safetensors/src/tensor.rs`: `read_metadata`, `validate`):
+  - n <= 100_000_000 and 8 + n <= file size; the header is UTF-8 JSON (serde_json: no NaN, no
+    lone surrogates, numbers in range) nested at most 127 levels deep, a mapping;
+  - `__metadata__` (at most once) is null or a mapping of strings to strings; every other key is
+    a tensor {"dtype": one of DTYPE_BITS, "shape": [u64...], "data_offsets": [u64, u64]}, each
+    field exactly once (unknown fields are ignored); a tensor name given twice: the last wins;
+  - sorted by offsets, the tensors tile the data section exactly: each begins where the previous
+    ended (0 for the first), end >= begin, end - begin = prod(shape) * bits / 8 with no overflow
+    of a u64 and a whole number of bytes, and the last end is the end of the file.
+Zero-size shapes ([0], [3, 0]) are valid safetensors, as are scalars (shape []).
+
+Shard paths from `model.safetensors.index.json` (and `*.safetensors` found in the folder) stay
+inside the checkpoint folder: no absolute paths, no `..`, no symlink leading out, except the
+Hugging Face cache layout, where `snapshots/<revision>/<file>` links into `../../blobs/`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+MAX_HEADER_BYTES = 100_000_000  # safetensors' MAX_HEADER_SIZE
+MAX_DEPTH = 127  # serde_json's recursion limit (128) refuses the 128th nested level
+U64_MAX = 2**64 - 1
+INDEX_FILE = "model.safetensors.index.json"
+MAX_INDEX_BYTES = 64 * 2**20  # an index of a 1T-parameter model is a few hundred kilobytes
+# Every dtype of safetensors 0.8, with its size in bits.
+DTYPE_BITS = {
+    "BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8,
+    "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8, "I16": 16, "U16": 16, "F16": 16,
+    "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "C64": 64, "F64": 64, "I64": 64, "U64": 64,
+}  # fmt: skip
+TENSOR_FIELDS = ("dtype", "shape", "data_offsets")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read safely or does not fit; one line naming file and tensor."""
+
+
+def shown(text: object) -> str:
+    """`text` for a one-line message: as is when printable, else escaped by ascii()."""
+    text = str(text)
+    return text if text.isprintable() else ascii(text)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tensor of a safetensors header; begin/end count from the start of the data section."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+class _HeaderError(ValueError):
+    """Raised inside the JSON parser's hooks; becomes a CheckpointError naming the file."""
+
+
+def _parse_int(text: str) -> object:
+    # serde_json reads "-0" as a negative number, which a u64 refuses; big integers it reads as
+    # f64, out of range past ~1.8e308. A float stands for both: never a valid shape or offset.
+    if text.startswith("-") and int(text) == 0:
+        return -0.0
+    if len(text) > 20:
+        value = float(text)  # OverflowError past 1e308: caught below
+        if math.isinf(value):
+            raise _HeaderError("number out of range")
+        return value
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _HeaderError("number out of range")
+    return value
+
+
+def _parse_constant(text: str) -> object:
+    raise _HeaderError(f"{text} is not JSON")
+
+
+def _nesting_depth(text: str) -> int:
+    """The deepest nesting of [ and { outside strings, without recursion (json.loads recurses)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def _check_strings(value: object) -> None:
+    """serde_json refuses lone surrogates (\\ud800); Python's json lets them through."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            item.encode("utf-8")  # UnicodeEncodeError is a ValueError
+        elif isinstance(item, (list, tuple)):  # arrays, objects and their (key, value) pairs
+            stack.extend(item)
+
+
+class _Object(list):
+    """A JSON object as its (key, value) pairs: duplicates kept, since their rules depend on where
+    the object is; a JSON array stays a plain list."""
+
+
+def _pairs(pairs: list[tuple[str, object]]) -> _Object:
+    return _Object(pairs)
+
+
+def _is_u64(value: object) -> bool:
+    return type(value) is int and 0 <= value <= U64_MAX
+
+
+def _tensor(name: str, pairs: object) -> Entry:
+    if not isinstance(pairs, _Object):
+        raise _HeaderError(f"tensor {name!r} is not a mapping")
+    fields: dict[str, object] = {}
+    for key, value in pairs:
+        if key in TENSOR_FIELDS and key in fields:
+            raise _HeaderError(f"tensor {name!r} has {key!r} twice")
+        fields[key] = value
+    missing = [key for key in TENSOR_FIELDS if key not in fields]
+    if missing:
+        raise _HeaderError(f"tensor {name!r} has no {missing[0]!r}")
+    dtype, shape, offsets = (fields[key] for key in TENSOR_FIELDS)
+    if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
+        raise _HeaderError(f"tensor {name!r} has unknown dtype {shown(dtype)}")
+    if type(shape) is not list or not all(_is_u64(size) for size in shape):
+        raise _HeaderError(f"tensor {name!r} has shape {shown(shape)}, not a list of sizes >= 0")
+    if type(offsets) is not list or len(offsets) != 2 or not all(map(_is_u64, offsets)):
+        raise _HeaderError(f"tensor {name!r} has data_offsets {shown(offsets)}, not [begin, end]")
+    return Entry(name, dtype, tuple(shape), offsets[0], offsets[1])
+
+
+def _byte_count(entry: Entry) -> int:
+    """prod(shape) * bits / 8, refusing what overflows a u64 or is not whole bytes (as Rust)."""
+    count = 1
+    for size in entry.shape:
+        count *= size
+        if count > U64_MAX:
+            raise _HeaderError(f"tensor {entry.name!r}: shape {list(entry.shape)} overflows")
+    bits = count * DTYPE_BITS[entry.dtype]
+    if bits > U64_MAX:
+        raise _HeaderError(f"tensor {entry.name!r}: shape {list(entry.shape)} overflows")
+    if bits % 8:
+        raise _HeaderError(
+            f"tensor {entry.name!r}: {entry.dtype} {list(entry.shape)} is not whole bytes"
+        )
+    return bits // 8
+
+
+def parse_header(raw: bytes) -> dict[str, Entry]:
+    """The tensors of a safetensors JSON header, checked as the safetensors library checks them.
+
+    Raises _HeaderError (a ValueError) naming the first fault; offsets are not yet checked.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _HeaderError("header is not UTF-8") from None
+    if _nesting_depth(text) > MAX_DEPTH:
+        raise _HeaderError(f"header nests deeper than {MAX_DEPTH} levels")
+    try:
+        pairs = json.loads(
+            text,
+            object_pairs_hook=_pairs,
+            parse_int=_parse_int,
+            parse_float=_parse_float,
+            parse_constant=_parse_constant,
+        )
+        _check_strings(pairs)
+    except _HeaderError:
+        raise
+    except (ValueError, OverflowError) as exc:
+        raise _HeaderError(f"header is not JSON ({shown(exc)})") from None
+    if not isinstance(pairs, _Object):
+        raise _HeaderError("header is not a mapping")
+    entries: dict[str, Entry] = {}
+    seen_metadata = False
+    for key, value in pairs:
+        if key == "__metadata__":
+            if seen_metadata:
+                raise _HeaderError("header has __metadata__ twice")
+            seen_metadata = True
+            if value is not None and not (
+                isinstance(value, _Object) and all(isinstance(v, str) for _, v in value)
+            ):
+                raise _HeaderError("__metadata__ is not a mapping of strings to strings")
+            continue
+        entries[key] = _tensor(key, value)  # a name given twice: the last wins, as in Rust
+    return entries
+
+
+def check_offsets(entries: dict[str, Entry], data_size: int) -> None:
+    """The tensors, sorted by offsets, tile the `data_size`-byte data section exactly."""
+    start = 0
+    for entry in sorted(entries.values(), key=lambda e: (e.begin, e.end)):
+        if entry.begin != start or entry.end < entry.begin:
+            raise _HeaderError(
+                f"tensor {entry.name!r} claims bytes [{entry.begin}, {entry.end}) where the "
+                f"previous tensor ends at {start} (overlapping or uncovered bytes)"
+            )
+        start = entry.end
+        if entry.end - entry.begin != _byte_count(entry):
+            raise _HeaderError(
+                f"tensor {entry.name!r}: {entry.dtype} {list(entry.shape)} needs "
+                f"{_byte_count(entry)} bytes, its offsets give {entry.end - entry.begin}"
+            )
+    if start != data_size:
+        raise _HeaderError(
+            f"tensors cover {start} bytes of a {data_size}-byte data section: the file is "
+            "truncated or corrupt"
+        )
+
+
+def read_header(file: Path) -> tuple[int, dict[str, Entry]]:
+    """(where the data section starts, the tensors) of one safetensors file, every rule checked.
+
+    Raises CheckpointError naming the file and the first fault.
+    """
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as handle:
+            prefix = handle.read(8)
+            n = int.from_bytes(prefix, "little")
+            raw = handle.read(n) if len(prefix) == 8 and n <= min(MAX_HEADER_BYTES, size) else b""
+    except OSError as exc:
+        raise CheckpointError(f"{shown(file)}: cannot read ({shown(exc.strerror)})") from None
+    try:
+        if len(prefix) < 8:
+            raise _HeaderError("shorter than the 8-byte header length")
+        if n > MAX_HEADER_BYTES:
+            raise _HeaderError(f"header length {n} exceeds {MAX_HEADER_BYTES} bytes")
+        if 8 + n > size or len(raw) != n:
+            raise _HeaderError(f"header length {n} does not fit a {size}-byte file")
+        entries = parse_header(raw)
+        check_offsets(entries, size - 8 - n)
+    except _HeaderError as exc:
+        raise CheckpointError(f"{shown(file)}: not a valid safetensors file: {exc}") from None
+    return 8 + n, entries
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _hf_blob_store(folder: Path) -> Path | None:
+    """`models--org--name/blobs` when `folder` (resolved) is a Hugging Face cache snapshot."""
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+        return folder.parent.parent / "blobs"
+    return None
+
+
+def shard_path(folder: Path, name: object, where: str) -> Path:
+    """`folder / name` for a shard name read from an index (or found in the folder), refused when
+    it is not a plain relative path or resolves outside the folder (HF cache blobs excepted)."""
+    if not isinstance(name, str) or not name or "\x00" in name or "\\" in name:
+        raise CheckpointError(f"{where}: shard name {shown(repr(name))} is not a relative path")
+    parts = PurePosixPath(name).parts
+    if PurePosixPath(name).is_absolute() or ".." in parts:
+        raise CheckpointError(
+            f"{where}: shard {shown(repr(name))} points outside the checkpoint folder "
+            "(absolute or with '..'); shards must lie inside it"
+        )
+    path = folder / name
+    real, real_folder = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    blobs = _hf_blob_store(real_folder)
+    if not _inside(real, real_folder) and not (blobs is not None and real.parent == blobs):
+        raise CheckpointError(
+            f"{where}: shard {shown(repr(name))} is a symlink resolving to {shown(real)}, outside "
+            "the checkpoint folder (only a Hugging Face cache snapshot may link into its blobs/)"
+        )
+    return path
+
+
+def read_index(index: Path) -> list[str]:
+    """The shard names of a model.safetensors.index.json, in sorted order, checked for shape."""
+    try:
+        if index.stat().st_size > MAX_INDEX_BYTES:
+            raise CheckpointError(f"{shown(index)}: larger than {MAX_INDEX_BYTES} bytes")
+        with open(index, "rb") as handle:
+            raw = handle.read(MAX_INDEX_BYTES + 1)
+    except OSError as exc:
+        raise CheckpointError(f"{shown(index)}: cannot read ({shown(exc.strerror)})") from None
+    try:
+        text = raw.decode("utf-8")
+        if _nesting_depth(text) > MAX_DEPTH:
+            raise ValueError(f"nests deeper than {MAX_DEPTH} levels")
+        weight_map = json.loads(text, parse_constant=_parse_constant)["weight_map"]
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise CheckpointError(f"{shown(index)}: not a safetensors index ({shown(exc)})") from None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{shown(index)}: weight_map is not a non-empty mapping")
+    bad = [name for name in weight_map.values() if not isinstance(name, str)]
+    if bad:
+        raise CheckpointError(
+            f"{shown(index)}: weight_map value {shown(repr(bad[0]))} is not a file name"
+        )
+    return sorted(set(weight_map.values()))
+
+
+def checkpoint_files(path: Path) -> tuple[Path, list[Path]]:
+    """The checkpoint folder and its .safetensors files: one file given, the shards an index names,
+    or every *.safetensors in the folder; each shard path checked by shard_path."""
+    path = Path(path)
+    if path.is_file():
+        return path.parent, [path]
+    index = path / INDEX_FILE
+    if index.is_file():
+        names = read_index(index)
+        return path, [shard_path(path, name, shown(index)) for name in names]
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{shown(path)}: no .safetensors files")
+    return path, [shard_path(path, file.name, shown(path)) for file in files]
+
+
+def read_checkpoint_headers(path: Path) -> tuple[Path, dict[Path, tuple[int, dict[str, Entry]]]]:
+    """Every file's checked header; a tensor found in two files is refused (which one is meant?)."""
+    folder, files = checkpoint_files(path)
+    headers, owner = {}, {}
+    for file in files:
+        headers[file] = read_header(file)
+        for name in headers[file][1]:
+            if name in owner:
+                raise CheckpointError(
+                    f"{shown(file)}: tensor {name!r} is also in {shown(owner[name].name)}"
+                )
+            owner[name] = file
+    return folder, headers
+
+
+MAX_CONFIG_BYTES = 16 * 2**20  # a config.json is a few kilobytes
+ROPE_KEYS = {
+    "none": (),
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
+
+
+def read_json(path: Path, limit: int = MAX_CONFIG_BYTES) -> dict:
+    """A JSON mapping from an untrusted file: size bounded, nesting bounded (no RecursionError)."""
+    try:
+        if path.stat().st_size > limit:
+            raise CheckpointError(f"{shown(path)}: larger than {limit} bytes")
+        with open(path, "rb") as handle:
+            text = handle.read(limit + 1).decode("utf-8")
+        if _nesting_depth(text) > MAX_DEPTH:
+            raise ValueError(f"nests deeper than {MAX_DEPTH} levels")
+        data = json.loads(text, parse_constant=_parse_constant)
+    except OSError as exc:
+        raise CheckpointError(f"{shown(path)}: cannot read ({shown(exc.strerror)})") from None
+    except ValueError as exc:
+        raise CheckpointError(f"{shown(path)}: not valid JSON ({shown(exc)})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{shown(path)}: not a JSON mapping")
+    return data
+
+
+def hf_rope_scaling(config: dict, where: str) -> dict:
+    """A transformers config's RoPE scaling as {"type": "none" | "linear" | "llama3", params...}
+    (4.x `rope_scaling` or 5.x `rope_parameters`); malformed: CheckpointError naming the key."""
+    key = "rope_parameters" if config.get("rope_parameters") is not None else "rope_scaling"
+    params = config.get(key)
+    if params is None:
+        return {"type": "none"}
+    if not isinstance(params, dict):
+        raise CheckpointError(f"{where}: {key} is {shown(repr(params))[:80]}, not a mapping")
+    kind = params.get("rope_type", params.get("type", "default"))
+    kind = "none" if kind == "default" else kind
+    if kind not in ROPE_KEYS:
+        raise CheckpointError(f"{where}: {key} type {shown(repr(kind))[:80]} is not supported")
+    missing = [name for name in ROPE_KEYS[kind] if name not in params]
+    if missing:
+        raise CheckpointError(f"{where}: {key} ({kind}) has no {missing[0]!r}")
+    return {"type": kind, **{name: params[name] for name in ROPE_KEYS[kind]}}
+
+
+def check_hf_config(path: Path, model: dict) -> None:
+    """Refuse a config.json that describes another model: `model` maps transformers config keys
+    (hidden_size, rms_norm_eps, rope_theta, rope_scaling as hf_rope_scaling gives it, ...) to the
+    model's values; one CheckpointError lists every mismatch."""
+    config, where = read_json(path), shown(path)
+    rope = config.get("rope_parameters")
+    theirs = {
+        "vocab_size": config.get("vocab_size"),
+        "hidden_size": config.get("hidden_size"),
+        "num_hidden_layers": config.get("num_hidden_layers"),
+        "num_attention_heads": config.get("num_attention_heads"),
+        "num_key_value_heads": config.get("num_key_value_heads", config.get("num_attention_heads")),
+        "intermediate_size": config.get("intermediate_size"),
+        "rms_norm_eps": config.get("rms_norm_eps"),
+        "rope_theta": (rope if isinstance(rope, dict) else config).get("rope_theta", 10000.0),
+        "rope_scaling": hf_rope_scaling(config, where),
+        "tie_word_embeddings": config.get("tie_word_embeddings", False),
+    }
+    mismatched = [
+        f"{key} {shown(repr(theirs[key]))[:80]} (model has {want!r})"
+        for key, want in model.items()
+        if theirs[key] != want
+    ]
+    if mismatched:
+        raise CheckpointError(f"{where} describes another model: " + ", ".join(mismatched))
