@@ -517,3 +517,60 @@ def test_a_write_killed_mid_swap_is_undone_and_only_marked_work_folders_are_remo
     assert result.exit_code == 0 and result.output.startswith("unchanged"), result.output
     assert tree(tmp_path / "torch") == before
     assert not work.exists() and (unmarked / "data.bin").read_text() == "mine"
+
+
+# --- the emitted Cerebras convert.py: the same write rules as `codegen convert` ---------------
+
+
+@pytest.fixture(scope="module")
+def convert_py(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cerebras")
+    assert build(out, target="cerebras").exit_code == 0
+    return out / "cerebras" / "convert.py"
+
+
+def _run_convert_py(convert_py: Path, *args: str, file_limit: int | None = None):
+    """`python convert.py ARGS` in a subprocess, optionally under `ulimit -f` (through a launcher
+    that sets the limit and then execs, rather than a fork of this JAX-threaded process)."""
+    launch = (
+        "import os, resource, sys; limit = int(sys.argv[1]); "
+        "limit > 0 and resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
+        "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])"
+    )
+    return subprocess.run(  # noqa: PLW1510 - the tests read returncode
+        [sys.executable, "-c", launch, str(file_limit or 0), str(convert_py), *args],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_emitted_convert_refuses_to_write_over_its_source(convert_py, ck, tmp_path):
+    cs = tmp_path / "cs.safetensors"
+    assert _run_convert_py(convert_py, "to-cerebras", str(ck), str(cs)).returncode == 0
+    before = cs.read_bytes()
+    completed = _run_convert_py(convert_py, "to-cerebras", str(cs), str(cs), "--force")
+    assert completed.returncode == 2 and completed.stderr.count("\n") == 1, completed.stderr
+    assert "being read" in completed.stderr and cs.read_bytes() == before
+
+
+def test_emitted_convert_keeps_an_existing_file_without_force(convert_py, ck, tmp_path):
+    cs = tmp_path / "cs.safetensors"
+    cs.write_bytes(b"someone else's file")
+    completed = _run_convert_py(convert_py, "to-cerebras", str(ck), str(cs))
+    assert completed.returncode == 2 and "--force" in completed.stderr, completed.stderr
+    assert cs.read_bytes() == b"someone else's file"
+    assert _run_convert_py(convert_py, "to-cerebras", str(ck), str(cs), "--force").returncode == 0
+    assert cs.read_bytes() != b"someone else's file"
+
+
+def test_emitted_convert_failing_write_leaves_the_old_output_whole(convert_py, ck, tmp_path):
+    hf_out = tmp_path / "hf"
+    cs = tmp_path / "cs.safetensors"
+    assert _run_convert_py(convert_py, "to-cerebras", str(ck), str(cs)).returncode == 0
+    assert _run_convert_py(convert_py, "to-hf", str(cs), str(hf_out)).returncode == 0
+    good = {path.name: path.read_bytes() for path in hf_out.iterdir()}
+    failed = _run_convert_py(
+        convert_py, "to-hf", str(cs), str(hf_out), "--force", file_limit=100 * 1024
+    )
+    assert failed.returncode == 1 and failed.stderr.count("\n") == 1, failed.stderr
+    assert "File too large" in failed.stderr
+    assert {path.name: path.read_bytes() for path in hf_out.iterdir()} == good  # no temporaries

@@ -12,17 +12,22 @@ both `transformer_decoder.norm` and `ln_f`. Tensors keep their dtype and values:
 Checkpoints are read through checkpoint_files.py (the compiler's own checked reader): shard paths
 stay inside the folder, headers meet the safetensors library's rules, every name and shape is
 checked before a row moves, and a refusal is one line (exit code 2) with nothing written.
+Outputs are written atomically (a temporary file renamed into place); an existing file is
+replaced only with --force, and never when it is the checkpoint being read.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from checkpoint_files import CheckpointError, check_hf_config, checkpoint_files, read_header, shown
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
@@ -233,22 +238,62 @@ def load_cs(path: Path) -> dict[str, Tensor]:
     return dict(state)
 
 
-def save_cs(cs: dict[str, Tensor], path: Path) -> None:
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Run `write` on a temporary file beside `path`, then rename it over `path`: an interrupted
+    or failing write (Ctrl-C, a full disk) leaves the previous file, or none, never a partial one."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # the mode an ordinary new file gets
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def save_cs(cs: dict[str, Tensor], path: Path) -> None:
     if path.suffix == ".safetensors":
-        save_file({name: t.clone() if name in CS_ALIASES else t for name, t in cs.items()}, path)
+        tensors = {name: t.clone() if name in CS_ALIASES else t for name, t in cs.items()}
+        write_atomically(path, lambda file: save_file(tensors, file))
     elif path.suffix == ".mdl":
         import cerebras.pytorch as cstorch
 
-        cstorch.save({"model": cs}, str(path))
+        write_atomically(path, lambda file: cstorch.save({"model": cs}, str(file)))
     else:
-        torch.save({"model": cs}, path)
+        write_atomically(path, lambda file: torch.save({"model": cs}, file))
 
 
 def save_hf(hf: dict[str, Tensor], folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(HF_CONFIG, indent=2) + "\n")
-    save_file(hf, folder / "model.safetensors", metadata={"format": "pt"})
+    text = json.dumps(HF_CONFIG, indent=2) + "\n"
+    write_atomically(
+        folder / "model.safetensors", lambda file: save_file(hf, file, metadata={"format": "pt"})
+    )
+    write_atomically(folder / "config.json", lambda file: file.write_text(text))
+
+
+def outputs(direction: str, dst: Path) -> list[Path]:
+    """The files a conversion writes."""
+    return [dst] if direction == "to-cerebras" else [dst / "model.safetensors", dst / "config.json"]
+
+
+def check_outputs(src: Path, targets: list[Path], force: bool) -> None:
+    """Refuse (CheckpointError) to write over the source, or over an existing file without --force."""
+    sources = (
+        [src]
+        if src.is_file()
+        else [path for path in src.iterdir() if path.is_file()]
+        if src.is_dir()
+        else []
+    )
+    for target in targets:
+        if target.exists() and any(os.path.samefile(target, source) for source in sources):
+            raise CheckpointError(f"{shown(target)} is the checkpoint being read; write elsewhere")
+        if target.exists() and not force:
+            raise CheckpointError(f"{shown(target)} exists; pass --force to replace it")
 
 
 def main() -> None:
@@ -260,18 +305,27 @@ def main() -> None:
     parser.add_argument(
         "dst", type=Path, help="to-cerebras: a .safetensors/.mdl/.pt file; to-hf: a folder"
     )
+    parser.add_argument("--force", action="store_true", help="replace existing output files")
     args = parser.parse_args()
     try:
+        check_outputs(args.src, outputs(args.direction, args.dst), args.force)
         if args.direction == "to-cerebras":
             converted = hf_to_cs(load_hf(args.src))
         else:
             converted = cs_to_hf(load_cs(args.src))
     except (CheckpointError, ValueError) as exc:  # a refused checkpoint: one line, nothing written
         parser.exit(2, f"convert.py: error: {shown(exc)}\n")
-    if args.direction == "to-cerebras":
-        save_cs(converted, args.dst)
-    else:
-        save_hf(converted, args.dst)
+    try:
+        if args.direction == "to-cerebras":
+            save_cs(converted, args.dst)
+        else:
+            save_hf(converted, args.dst)
+    except (
+        OSError,
+        SafetensorError,
+    ) as exc:  # a full disk, a file-size limit: the old output stays
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        parser.exit(1, f"convert.py: error: cannot write {shown(args.dst)}: {reason}\n")
     print(f"wrote {args.dst}")
 
 
