@@ -10,12 +10,13 @@ copies the checkpoint's bytes into the graphs instead (into `model.onnx.data` pa
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from spec import DType, ModelSpec
 
-from ..base import Artifact, BuildOptions, Raw, Rendered, spec_context
+from ..base import Artifact, BuildOptions, Raw, Rendered, SpecContext, TemplateContext
 from .checkpoint import (
     FLOAT_DTYPES,
     Checkpoint,
@@ -88,18 +89,34 @@ def check_dtype(checkpoint: Checkpoint, dtype: DType | None) -> None:
         )
 
 
+@dataclass(frozen=True)
+class OnnxContext(TemplateContext):
+    """What README.md and run.py print: the spec and how the graphs hold their weights."""
+
+    spec: SpecContext
+    mode: Literal["unbound", "reference", "inline", "data-file"]
+    files: list[str]  # files the external data points into, relative to the output folder
+    dtypes: list[str]  # stored weight dtypes, e.g. ["bfloat16"]
+    casts_to_float32: bool  # some weights are stored in another dtype than float32
+    data_file: str
+    ort_min_version: str
+    ort_tested_version: str
+
+
 def readme_context(
     spec: ModelSpec, options: BuildOptions, weights: dict[str, Weight], mode: str
-) -> dict[str, Any]:
-    files = sorted({w.location for w in weights.values() if w.data is None})
-    return spec_context(spec, options) | {
-        "mode": mode,
-        "files": files,
-        "dtypes": sorted({DTYPE_NAMES[w.dtype] for w in weights.values()}),
-        "data_file": DATA_FILE,
-        "ort_min_version": ORT_MIN_VERSION,
-        "ort_tested_version": ORT_TESTED_VERSION,
-    }
+) -> OnnxContext:
+    dtypes = sorted({DTYPE_NAMES[w.dtype] for w in weights.values()})
+    return OnnxContext(
+        spec=SpecContext.of(spec, options),
+        mode=mode,  # type: ignore[arg-type]
+        files=sorted({w.location for w in weights.values() if w.data is None}),
+        dtypes=dtypes,
+        casts_to_float32=dtypes != ["float32"],
+        data_file=DATA_FILE,
+        ort_min_version=ORT_MIN_VERSION,
+        ort_tested_version=ORT_TESTED_VERSION,
+    )
 
 
 class OnnxBackend:
@@ -107,7 +124,7 @@ class OnnxBackend:
     description = "ONNX opset 23 prefill + KV-cache graphs, weights by reference (onnxruntime)"
     template_dir = Path(__file__).parent / "templates"
     accepts: frozenset[str] = frozenset({"weights", "embed_weights"})
-    filters: dict[str, Any] = {}
+    filters: ClassVar[dict[str, Any]] = {}
 
     def plan(self, spec: ModelSpec, options: BuildOptions) -> list[Artifact]:
         data: bytes | None = None
