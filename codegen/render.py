@@ -92,21 +92,28 @@ def run_ruff(path: str, source: str, command: list[str]) -> str:
     return result.stdout
 
 
-def format_python(path: str, source: str) -> str:
+def format_python(path: str, source: str, local_modules: tuple[str, ...] = ()) -> str:
     """Sort imports, drop unused ones, then format, all with ruff, after checking the code
-    parses (a template bug must not reach disk)."""
+    parses (a template bug must not reach disk). `local_modules`: the emitted folder's own
+    modules (`from model import Model` in a script), sorted after the third-party imports."""
     try:
         ast.parse(source, filename=path)
     except SyntaxError as exc:
         raise TemplateBugError(f"{path}:{exc.lineno}: rendered code does not parse: {exc.msg}")
-    return run_ruff(path, run_ruff(path, source, RUFF_IMPORT_FIXES), ["format"])
+    local = ", ".join(f'"{name}"' for name in local_modules)
+    fixes = [*RUFF_IMPORT_FIXES, "--config", f"lint.isort.known-local-folder = [{local}]"]
+    return run_ruff(path, run_ruff(path, source, fixes), ["format"])
 
 
 def render_plan(spec: ModelSpec, backend: Backend, options: BuildOptions) -> dict[str, bytes]:
     """Every file of one target, in memory, keyed by relative path."""
     env = make_environment(backend)
+    plan = backend.plan(spec, options)
+    local_modules = tuple(
+        sorted(Path(a.path).stem for a in plan if a.path.endswith(".py") and "/" not in a.path)
+    )
     files: dict[str, bytes] = {}
-    for artifact in backend.plan(spec, options):
+    for artifact in plan:
         if isinstance(artifact, Raw):
             files[artifact.path] = artifact.content
             continue
@@ -115,6 +122,6 @@ def render_plan(spec: ModelSpec, backend: Backend, options: BuildOptions) -> dic
         header = header_lines(spec, template_name(backend, artifact.template))
         text = add_header(artifact.path, text, header)
         if artifact.path.endswith(".py"):
-            text = format_python(artifact.path, text)
+            text = format_python(artifact.path, text, local_modules)
         files[artifact.path] = text.encode("utf-8")
     return files
