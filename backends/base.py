@@ -13,6 +13,9 @@ from typing import Any, Literal, Protocol
 
 from spec import DType, ModelSpec, ParallelSpec
 
+# Blocks several targets' templates share, as Jinja macros: `{% from "shared/<file>" import ... %}`.
+SHARED_TEMPLATE_DIR = Path(__file__).parent / "shared_templates"
+
 
 class OptionError(ValueError):
     """The spec or build options ask for something this target cannot emit (a user error: the
