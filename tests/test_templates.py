@@ -23,12 +23,15 @@ TEMPLATES = sorted(BACKENDS.glob("*/templates/**/*.jinja")) + sorted(
 # config-reader items, which another branch rewrites; its shared checks move there.
 CHECKPOINT_SIDE = {"weights.py.jinja", "convert.py.jinja", "run.py.jinja"}
 
-# Distinctive text of each fact the targets share: it must stand in exactly one template.
-SHARED_FACTS = {
+# Distinctive text (or a pattern) of each fact the targets share: it must stand in exactly one
+# template.
+SHARED_FACTS: dict[str, str | re.Pattern[str]] = {
     "llama3 RoPE blend": "(1 - smooth) * inv_freq",
     "llama3 RoPE smooth factor": ".rope_original_max_len / wavelen",
     "llama3 RoPE config field": "rope_low_freq_factor: float =",
-    "linear RoPE scaling": "return inv_freq / {{ cfg }}.rope_factor",
+    "linear RoPE scaling": re.compile(
+        r"return inv_freq / (\{\{ cfg }}|\w+)\.rope_factor$", re.MULTILINE
+    ),
     "config head_dim": "return self.dim // self.n_heads",
     "torch RMSNorm body": "torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)",
     "torch RoPE tables": "angles = torch.outer(positions, rope_inv_freq(args))",
@@ -45,8 +48,10 @@ def template_texts() -> dict[str, str]:
 
 @pytest.mark.parametrize("fact", SHARED_FACTS)
 def test_each_shared_fact_stands_in_one_template(fact):
-    snippet = SHARED_FACTS[fact]
-    found = {name: text.count(snippet) for name, text in template_texts().items()}
+    pattern = SHARED_FACTS[fact]
+    if isinstance(pattern, str):
+        pattern = re.compile(re.escape(pattern))
+    found = {name: len(pattern.findall(text)) for name, text in template_texts().items()}
     assert sum(found.values()) == 1, {name: n for name, n in found.items() if n}
 
 
