@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import jinja2
@@ -76,31 +77,46 @@ def add_header(path: str, text: str, lines: list[str]) -> str:
     return "".join(prefix + line + "\n" for line in lines) + text
 
 
-def run_ruff(path: str, source: str, command: list[str]) -> str:
-    """`ruff <command>` over source given on stdin; raises TemplateBugError when ruff fails."""
+def run_ruff(command: list[str], folder: Path, paths: list[str]) -> None:
+    """`ruff <command>` over files in folder, in place; TemplateBugError when ruff fails."""
     result = subprocess.run(
-        [sys.executable, "-m", "ruff", *command, *RUFF_SETTINGS, "--stdin-filename", path, "-"],
-        input=source,
+        [sys.executable, "-m", "ruff", *command, "--no-cache", *RUFF_SETTINGS, "--", *paths],
+        cwd=folder,
         capture_output=True,
         text=True,
         check=False,
     )
     if result.returncode != 0:
-        raise TemplateBugError(f"{path}: ruff {command[0]} failed: {result.stderr.strip()}")
-    return result.stdout
+        raise TemplateBugError(
+            f"ruff {command[0]} failed: {(result.stderr or result.stdout).strip()}"
+        )
 
 
-def format_python(path: str, source: str, local_modules: tuple[str, ...] = ()) -> str:
-    """Sort imports, drop unused ones, then format, all with ruff, after checking the code
-    parses (a template bug must not reach disk). `local_modules`: the emitted folder's own
-    modules (`from model import Model` in a script), sorted after the third-party imports."""
-    try:
-        ast.parse(source, filename=path)
-    except SyntaxError as exc:
-        raise TemplateBugError(f"{path}:{exc.lineno}: rendered code does not parse: {exc.msg}")
+def format_python(sources: dict[str, str], local_modules: tuple[str, ...] = ()) -> dict[str, str]:
+    """Python sources (relative path -> text) with imports sorted, unused imports dropped, then
+    formatted, all by ruff, after checking each parses (a template bug must not reach disk).
+
+    One ruff run per step for all of a target's files (ruff's start-up dominates), over a
+    private temporary folder. `local_modules`: the emitted folder's own modules (`from model
+    import Model` in a script), sorted after the third-party imports.
+    """
+    for path, source in sources.items():
+        try:
+            ast.parse(source, filename=path)
+        except SyntaxError as exc:
+            raise TemplateBugError(f"{path}:{exc.lineno}: rendered code does not parse: {exc.msg}")
+    if not sources:
+        return {}
     local = ", ".join(f'"{name}"' for name in local_modules)
     fixes = [*RUFF_IMPORT_FIXES, "--config", f"lint.isort.known-local-folder = [{local}]"]
-    return run_ruff(path, run_ruff(path, source, fixes), ["format"])
+    with tempfile.TemporaryDirectory(prefix="llama-codegen-") as tmp:
+        folder = Path(tmp)
+        for path, source in sources.items():
+            (folder / path).parent.mkdir(parents=True, exist_ok=True)
+            (folder / path).write_text(source, encoding="utf-8")
+        run_ruff(fixes, folder, list(sources))
+        run_ruff(["format"], folder, list(sources))
+        return {path: (folder / path).read_text(encoding="utf-8") for path in sources}
 
 
 def render_plan(spec: ModelSpec, backend: Backend, options: BuildOptions) -> dict[str, bytes]:
@@ -110,16 +126,19 @@ def render_plan(spec: ModelSpec, backend: Backend, options: BuildOptions) -> dic
     local_modules = tuple(
         sorted(Path(a.path).stem for a in plan if a.path.endswith(".py") and "/" not in a.path)
     )
-    files: dict[str, bytes] = {}
+    texts: dict[str, str] = {}
+    raw: dict[str, bytes] = {}
     for artifact in plan:
         if isinstance(artifact, Raw):
-            files[artifact.path] = artifact.content
+            raw[artifact.path] = artifact.content
             continue
         assert isinstance(artifact, Rendered)
         text = env.get_template(artifact.template).render(artifact.context.variables())
         header = header_lines(spec, template_name(backend, artifact.template))
-        text = add_header(artifact.path, text, header)
-        if artifact.path.endswith(".py"):
-            text = format_python(artifact.path, text, local_modules)
-        files[artifact.path] = text.encode("utf-8")
-    return files
+        texts[artifact.path] = add_header(artifact.path, text, header)
+    python = {path: text for path, text in texts.items() if path.endswith(".py")}
+    texts |= format_python(python, local_modules)
+    # The plan's order, as before: Raw and rendered files interleaved as the backend lists them.
+    return {
+        a.path: raw[a.path] if isinstance(a, Raw) else texts[a.path].encode("utf-8") for a in plan
+    }
