@@ -7,11 +7,17 @@ bytes) and the compiler renders, formats, stamps and writes it.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from spec import DType, ModelSpec, ParallelSpec
+
+# Blocks several targets' templates share, as Jinja macros: `{% from "shared/<file>" import ... %}`.
+BACKENDS_DIR = Path(__file__).parent
+SHARED_TEMPLATE_DIR = BACKENDS_DIR / "shared_templates"
+# Files of this folder that targets emit as they are, named as templates "compiler/<file>".
+COMPILER_PREFIX = "compiler"
 
 
 class OptionError(ValueError):
@@ -43,35 +49,102 @@ class BuildOptions:
         return described
 
 
-def spec_context(spec: ModelSpec, options: BuildOptions) -> dict[str, Any]:
+class TemplateContext:
+    """Base of every typed template context (frozen dataclasses).
+
+    Its fields become the template's variables; a field that is itself a TemplateContext (a
+    part shared by several targets, e.g. SpecContext) lends its fields instead, so a template
+    reads `n_heads`, not `spec.n_heads`. Templates only iterate over and print these values:
+    whatever needs arithmetic is a field computed here.
+    """
+
+    def variables(self) -> dict[str, Any]:
+        """Field name -> value, parts flattened. Raises TypeError when two parts both define a
+        name (a bug in the backend: one of them would silently win)."""
+        found: dict[str, Any] = {}
+        for item in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, item.name)
+            part = value.variables() if isinstance(value, TemplateContext) else {item.name: value}
+            clash = found.keys() & part.keys()
+            if clash:
+                raise TypeError(f"{type(self).__name__}: {sorted(clash)} defined twice")
+            found |= part
+        return found
+
+
+@dataclass(frozen=True)
+class RopeScalingContext:
+    """spec.rope_scaling as templates print it; type "none" when the spec has none."""
+
+    type: Literal["none", "linear", "llama3"] = "none"
+    factor: float | None = None
+    low_freq_factor: float | None = None
+    high_freq_factor: float | None = None
+    original_max_position_embeddings: int | None = None
+
+    @classmethod
+    def of(cls, spec: ModelSpec) -> RopeScalingContext:
+        return cls(**spec.rope_scaling.model_dump()) if spec.rope_scaling else cls()
+
+    @property
+    def mapping(self) -> dict[str, Any]:
+        """The set fields as a dict (`{"type": "none"}` without scaling), as loaders compare it."""
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+
+@dataclass(frozen=True)
+class SpecContext(TemplateContext):
     """The spec's values as every target's templates print them."""
-    return {
-        "name": spec.name,
-        "param_count_text": f"{spec.param_count:,}",
-        "vocab_size": spec.vocab_size,
-        "dim": spec.dim,
-        "n_layers": spec.n_layers,
-        "n_heads": spec.n_heads,
-        "n_kv_heads": spec.n_kv_heads,
-        "head_dim": spec.head_dim,
-        "hidden_dim": spec.ffn_dim,
-        "norm_eps": spec.norm_eps,
-        "rope_theta": spec.rope_theta,
-        "rope_scaling": spec.rope_scaling.model_dump() if spec.rope_scaling else {"type": "none"},
-        "max_seq_len": spec.max_seq_len,
-        "tie_embeddings": spec.tie_embeddings,
-        "dtype": options.dtype_for(spec).value,
-        "init_std": spec.init_std,
-    }
+
+    name: str
+    param_count_text: str  # 6,738,415,616
+    vocab_size: int
+    dim: int
+    n_layers: int
+    last_layer: int  # n_layers - 1
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    hidden_dim: int  # spec.ffn_dim
+    norm_eps: float
+    rope_theta: float
+    rope_scaling: RopeScalingContext
+    max_seq_len: int
+    tie_embeddings: bool
+    dtype: str  # the build's dtype: --dtype, else the spec's
+    init_std: float
+
+    @classmethod
+    def of(cls, spec: ModelSpec, options: BuildOptions) -> SpecContext:
+        return cls(
+            name=spec.name,
+            param_count_text=f"{spec.param_count:,}",
+            vocab_size=spec.vocab_size,
+            dim=spec.dim,
+            n_layers=spec.n_layers,
+            last_layer=spec.n_layers - 1,
+            n_heads=spec.n_heads,
+            n_kv_heads=spec.n_kv_heads,
+            head_dim=spec.head_dim,
+            hidden_dim=spec.ffn_dim,
+            norm_eps=spec.norm_eps,
+            rope_theta=spec.rope_theta,
+            rope_scaling=RopeScalingContext.of(spec),
+            max_seq_len=spec.max_seq_len,
+            tie_embeddings=spec.tie_embeddings,
+            dtype=options.dtype_for(spec).value,
+            init_std=spec.init_std,
+        )
 
 
 @dataclass(frozen=True)
 class Rendered:
-    """A file produced by rendering `template` (relative to the backend's template folder)."""
+    """A file produced by rendering `template` (relative to the backend's template folder, or
+    `shared/...` for the shared blocks) with the variables of `context`."""
 
     path: str
     template: str
-    context: Mapping[str, Any] = field(default_factory=dict)
+    context: TemplateContext
 
 
 @dataclass(frozen=True)
@@ -84,9 +157,17 @@ class Raw:
 
 Artifact = Rendered | Raw
 
-# backends/checked_reader.py emitted verbatim (it holds no Jinja syntax) beside every loader, so
-# the emitted code refuses exactly the checkpoints the compiler refuses.
-CHECKED_READER = Rendered("checkpoint_files.py", "checked_reader.py")
+
+@dataclass(frozen=True)
+class NoContext(TemplateContext):
+    """No variables: the template is emitted as it reads (it holds no Jinja syntax)."""
+
+
+# backends/checked_reader.py emitted verbatim beside every loader, so the emitted code refuses
+# exactly the checkpoints the compiler refuses.
+CHECKED_READER = Rendered(
+    "checkpoint_files.py", f"{COMPILER_PREFIX}/checked_reader.py", NoContext()
+)
 
 
 class Backend(Protocol):

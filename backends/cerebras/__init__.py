@@ -3,6 +3,8 @@ PyTorch model with interleaved RoPE, a cstorch training loop and an HF <-> Cereb
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -10,7 +12,15 @@ import yaml
 
 from spec import DType, ModelSpec, to_hf_config
 
-from ..base import CHECKED_READER, Artifact, BuildOptions, OptionError, Rendered, spec_context
+from ..base import (
+    CHECKED_READER,
+    Artifact,
+    BuildOptions,
+    OptionError,
+    Rendered,
+    SpecContext,
+    TemplateContext,
+)
 from .mapping import FINAL_NORM_ALIAS, GLOBAL_NAMES, LAYER_NAMES, CheckpointLayout
 
 # Schedule and logging cadence of the Model Zoo's reference LLaMA files, capped by the run length.
@@ -40,17 +50,72 @@ def tokens_text(tokens: int) -> str:
     return f"{tokens:,} tokens"
 
 
-def model_context(spec: ModelSpec, options: BuildOptions) -> dict[str, Any]:
+@dataclass(frozen=True)
+class NamesContext(TemplateContext):
+    """Model Zoo parameter names (mapping.py) and the HF config convert.py writes."""
+
+    layer_names: Sequence[tuple[str, str]]  # (HF name, Model Zoo name), per layer
+    global_names: Sequence[tuple[str, str]]
+    final_norm_alias: str
+    hf_config: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ModelContext(TemplateContext):
+    """model.py and convert.py."""
+
+    spec: SpecContext
+    names: NamesContext
+
+
+@dataclass(frozen=True)
+class TrainContext(TemplateContext):
+    """train.py: the model plus the params YAML it reads and its sequence length."""
+
+    spec: SpecContext
+    names: NamesContext
+    config: str  # params_<name>.yaml
+    seq_len: int
+
+
+def model_context(spec: ModelSpec, options: BuildOptions) -> ModelContext:
     """The spec's values as model.py and convert.py print them."""
-    return spec_context(spec, options) | {
-        "layer_names": LAYER_NAMES,
-        "global_names": GLOBAL_NAMES,
-        "final_norm_alias": FINAL_NORM_ALIAS,
-        "hf_config": to_hf_config(spec) | {"torch_dtype": options.dtype_for(spec).value},
-    }
+    names = NamesContext(
+        layer_names=LAYER_NAMES,
+        global_names=GLOBAL_NAMES,
+        final_norm_alias=FINAL_NORM_ALIAS,
+        hf_config=to_hf_config(spec) | {"torch_dtype": options.dtype_for(spec).value},
+    )
+    return ModelContext(SpecContext.of(spec, options), names)
 
 
-def training_context(spec: ModelSpec) -> dict[str, Any]:
+@dataclass(frozen=True)
+class TrainingContext(TemplateContext):
+    """spec.training as the params YAMLs and README print it, the arithmetic done here."""
+
+    batch_size: int
+    seq_len: int
+    tokens_per_step: int  # batch_size x seq_len
+    tokens_text: str
+    steps_arithmetic: str
+    total_steps: int
+    warmup_steps: int
+    decay_steps: int
+    peak_lr: float
+    end_lr: float
+    min_lr_percent: str
+    betas: tuple[float, float]
+    adam_eps: float
+    weight_decay: float
+    grad_clip: float
+    mixed_precision: bool
+    fp16_type: str
+    checkpoint_steps: int
+    log_steps: int
+    eval_steps: int
+
+
+def training_context(spec: ModelSpec) -> TrainingContext:
     """Optimizer, schedule, batch and run length from spec.training, with the arithmetic shown."""
     t = spec.training
     decay_steps = t.total_steps - t.warmup_steps
@@ -60,33 +125,44 @@ def training_context(spec: ModelSpec) -> dict[str, Any]:
             f"{t.total_steps} steps (total_tokens / batch_tokens)"
         )
     mixed = t.precision is not DType.float32
-    return {
-        "batch_size": t.batch_size,
-        "seq_len": t.seq_len,
-        "tokens_text": tokens_text(t.total_tokens),
-        "steps_arithmetic": (
+    return TrainingContext(
+        batch_size=t.batch_size,
+        seq_len=t.seq_len,
+        tokens_per_step=t.batch_size * t.seq_len,
+        tokens_text=tokens_text(t.total_tokens),
+        steps_arithmetic=(
             f"{t.total_tokens:,} / ({t.batch_size} x {t.seq_len}) = "
             f"{t.total_tokens / t.batch_tokens:,.2f}, rounded up"
         ),
-        "total_steps": t.total_steps,
-        "warmup_steps": t.warmup_steps,
-        "decay_steps": decay_steps,
-        "peak_lr": t.peak_lr,
-        "end_lr": clean_float(t.peak_lr * t.min_lr_ratio),
-        "min_lr_percent": f"{t.min_lr_ratio * 100:g}%",
-        "betas": [t.beta1, t.beta2],
-        "adam_eps": t.adam_eps,
-        "weight_decay": t.weight_decay,
-        "grad_clip": t.grad_clip,
-        "mixed_precision": mixed,
-        "fp16_type": t.precision.value,
-        "checkpoint_steps": min(CHECKPOINT_EVERY, t.total_steps),
-        "log_steps": min(LOG_EVERY, max(1, t.total_steps // 100)),
-        "eval_steps": EVAL_STEPS,
-    }
+        total_steps=t.total_steps,
+        warmup_steps=t.warmup_steps,
+        decay_steps=decay_steps,
+        peak_lr=t.peak_lr,
+        end_lr=clean_float(t.peak_lr * t.min_lr_ratio),
+        min_lr_percent=f"{t.min_lr_ratio * 100:g}%",
+        betas=(t.beta1, t.beta2),
+        adam_eps=t.adam_eps,
+        weight_decay=t.weight_decay,
+        grad_clip=t.grad_clip,
+        mixed_precision=mixed,
+        fp16_type=t.precision.value,
+        checkpoint_steps=min(CHECKPOINT_EVERY, t.total_steps),
+        log_steps=min(LOG_EVERY, max(1, t.total_steps // 100)),
+        eval_steps=EVAL_STEPS,
+    )
 
 
-def cluster_context(spec: ModelSpec, options: BuildOptions) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ClusterContext(TemplateContext):
+    """How many CS-X systems a run uses and each one's share of a batch."""
+
+    num_csx: int
+    num_workers_per_csx: int
+    batch_per_csx: int
+    num_csx_comment: str
+
+
+def cluster_context(spec: ModelSpec, options: BuildOptions) -> ClusterContext:
     """Weight-streaming scale-out: how many CS-X systems, and each one's share of a batch.
 
     Weight streaming keeps the weights in MemoryX and streams them to every system, so more
@@ -114,50 +190,78 @@ def cluster_context(spec: ModelSpec, options: BuildOptions) -> dict[str, Any]:
             f"num_csx ({num_csx}): each CS-X system must take an equal share"
         )
     per_csx = batch // num_csx
-    return {
-        "num_csx": num_csx,
-        "num_workers_per_csx": NUM_WORKERS_PER_CSX,
-        "batch_per_csx": per_csx,
-        "num_csx_comment": (
+    return ClusterContext(
+        num_csx=num_csx,
+        num_workers_per_csx=NUM_WORKERS_PER_CSX,
+        batch_per_csx=per_csx,
+        num_csx_comment=(
             f"{source}data parallel: batch_size {batch} / {num_csx} = {per_csx} sequences "
             f"({per_csx * spec.training.seq_len:,} tokens) per system"
         ),
-    }
+    )
 
 
-def config_context(spec: ModelSpec) -> dict[str, Any]:
-    """Both params YAMLs: the Model Zoo's model keys and the training recipe."""
-    scaling = spec.rope_scaling.model_dump() if spec.rope_scaling else {"type": "none"}
-    return {
-        "name": spec.name,
-        "param_count_text": f"{spec.param_count:,}",
-        "vocab_size": spec.vocab_size,
-        "hidden_size": spec.dim,
-        "rotary_dim": spec.head_dim,
-        "rope_theta": spec.rope_theta,
-        "rope_scaling": scaling,
-        "share_embedding_weights": spec.tie_embeddings,
-        "max_position_embeddings": spec.max_seq_len,
-        "num_hidden_layers": spec.n_layers,
-        "layer_norm_epsilon": spec.norm_eps,
-        "num_heads": spec.n_heads,
-        "num_kv_groups": spec.n_kv_heads if spec.n_kv_heads != spec.n_heads else None,
-        "filter_size": spec.ffn_dim,
-        "initializer_range": spec.init_std,
-        **training_context(spec),
-    }
+@dataclass(frozen=True)
+class ModelZooKeys(TemplateContext):
+    """The Model Zoo's names for the spec's values, as both params YAMLs print them (vocab_size,
+    rope_theta and rope_scaling keep the spec's names: SpecContext gives them)."""
+
+    hidden_size: int
+    rotary_dim: int
+    share_embedding_weights: bool
+    max_position_embeddings: int
+    num_hidden_layers: int
+    layer_norm_epsilon: float
+    num_heads: int
+    num_kv_groups: int | None  # None: plain multi-head attention
+    heads_per_kv_group: int
+    filter_size: int
+    initializer_range: float
+
+    @classmethod
+    def of(cls, spec: ModelSpec) -> ModelZooKeys:
+        return cls(
+            hidden_size=spec.dim,
+            rotary_dim=spec.head_dim,
+            share_embedding_weights=spec.tie_embeddings,
+            max_position_embeddings=spec.max_seq_len,
+            num_hidden_layers=spec.n_layers,
+            layer_norm_epsilon=spec.norm_eps,
+            num_heads=spec.n_heads,
+            num_kv_groups=spec.n_kv_heads if spec.n_kv_heads != spec.n_heads else None,
+            heads_per_kv_group=spec.n_heads // spec.n_kv_heads,
+            filter_size=spec.ffn_dim,
+            initializer_range=spec.init_std,
+        )
 
 
-def readme_context(spec: ModelSpec) -> dict[str, Any]:
-    """What the README tells a reader before a CPU run: the memory that training this spec takes."""
+@dataclass(frozen=True)
+class ConfigContext(TemplateContext):
+    """Both params YAMLs: the Model Zoo's model keys, the training recipe and the cluster."""
+
+    spec: SpecContext
+    zoo: ModelZooKeys
+    training: TrainingContext
+    cluster: ClusterContext
+
+
+@dataclass(frozen=True)
+class ReadmeContext(TemplateContext):
+    """README.md: what the YAMLs say, plus the memory that training this spec takes."""
+
+    config: ConfigContext
+    train_memory: str  # e.g. "108 GB"
+    suggest_tiny: bool  # too big for an ordinary machine: point at the tiny preset
+
+
+def readme_context(config: ConfigContext, spec: ModelSpec) -> ReadmeContext:
+    """The README's context: `config` and the memory that training this spec takes."""
     # 16 bytes per parameter whatever the precision: fp32 weights, gradients and both AdamW
     # moments on CPU; bf16 weights and gradients, an fp32 master copy and moments under amp.
     train_bytes = spec.train_bytes_adamw
-    return {
-        "train_memory": f"{train_bytes / 1e9:,.0f} GB" if train_bytes >= 1e9
-        else f"{train_bytes / 1e6:,.1f} MB",
-        "suggest_tiny": train_bytes >= 1e9,
-    }  # fmt: skip
+    if train_bytes >= 1e9:
+        return ReadmeContext(config, f"{train_bytes / 1e9:,.0f} GB", suggest_tiny=True)
+    return ReadmeContext(config, f"{train_bytes / 1e6:,.1f} MB", suggest_tiny=False)
 
 
 class CerebrasBackend:
@@ -171,7 +275,15 @@ class CerebrasBackend:
 
     def plan(self, spec: ModelSpec, options: BuildOptions) -> list[Artifact]:
         model = model_context(spec, options)
-        config = config_context(spec) | cluster_context(spec, options)
+        config = ConfigContext(
+            model.spec,
+            ModelZooKeys.of(spec),
+            training_context(spec),
+            cluster_context(spec, options),
+        )
+        train = TrainContext(
+            model.spec, model.names, f"params_{spec.name}.yaml", spec.training.seq_len
+        )
         return [
             Rendered(f"configs/params_{spec.name}.yaml", "configs/params.yaml.jinja", config),
             Rendered(
@@ -180,14 +292,10 @@ class CerebrasBackend:
                 config,
             ),
             Rendered("model.py", "model.py.jinja", model),
-            Rendered(
-                "train.py",
-                "train.py.jinja",
-                model | {"config": f"params_{spec.name}.yaml", "seq_len": spec.training.seq_len},
-            ),
+            Rendered("train.py", "train.py.jinja", train),
             Rendered("convert.py", "convert.py.jinja", model),
             CHECKED_READER,
-            Rendered("README.md", "README.md.jinja", model | config | readme_context(spec)),
+            Rendered("README.md", "README.md.jinja", readme_context(config, spec)),
         ]
 
 

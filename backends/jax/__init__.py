@@ -4,15 +4,41 @@ as PartitionSpecs, jitted sharded forward and train step)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from spec import ModelSpec
 
-from ..base import CHECKED_READER, Artifact, BuildOptions, Rendered, spec_context
+from ..base import CHECKED_READER, Artifact, BuildOptions, Rendered, SpecContext, TemplateContext
 from .sharding import sharding_context
 
 FILES = ("__init__.py", "model.py", "weights.py", "sharding.py", "README.md")
+
+
+@dataclass(frozen=True)
+class ShardingContext(TemplateContext):
+    """What sharding.py.jinja prints (built by sharding.sharding_context; a key it adds or drops
+    fails here, at the first build, rather than as a template's undefined name)."""
+
+    mesh: Mapping[str, int]  # data, fsdp, tensor
+    rules: Mapping[str, list[str]]  # logical axis -> mesh axes
+    global_params: Sequence[Mapping[str, str]]  # {"name", "partition", "axes"}
+    layer_params: Sequence[Mapping[str, str]]
+    batch_partition: str
+    logits_partition: str
+    rules_text: Sequence[str]
+    split_sizes: Sequence[tuple[str, str, tuple[str, ...]]]  # (axis, Config attribute, mesh axes)
+    training: Mapping[str, Any]  # the AdamW recipe of spec.training
+
+
+@dataclass(frozen=True)
+class JaxContext(TemplateContext):
+    """Every JAX template's variables."""
+
+    spec: SpecContext
+    sharding: ShardingContext
 
 
 class JaxBackend:
@@ -20,10 +46,12 @@ class JaxBackend:
     description = "standalone JAX package (scanned layers, KV cache, HF loader, sharding)"
     template_dir = Path(__file__).parent / "templates"
     accepts: frozenset[str] = frozenset({"parallel"})
-    filters: dict[str, Any] = {}
+    filters: ClassVar[dict[str, Any]] = {}
 
     def plan(self, spec: ModelSpec, options: BuildOptions) -> list[Artifact]:
-        context = spec_context(spec, options) | sharding_context(spec, options)
+        context = JaxContext(
+            SpecContext.of(spec, options), ShardingContext(**sharding_context(spec, options))
+        )
         return [Rendered(path, path + ".jinja", context) for path in FILES] + [CHECKED_READER]
 
 

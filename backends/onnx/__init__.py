@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from spec import DType, ModelSpec
 
-from ..base import CHECKED_READER, Artifact, BuildOptions, Raw, Rendered, spec_context
+from ..base import (
+    CHECKED_READER,
+    Artifact,
+    BuildOptions,
+    Raw,
+    Rendered,
+    SpecContext,
+    TemplateContext,
+)
 from ..checked_reader import shown
 from .checkpoint import (
     FLOAT_DTYPES,
@@ -106,24 +115,42 @@ def check_dtype(checkpoint: Checkpoint, dtype: DType | None) -> None:
         )
 
 
+@dataclass(frozen=True)
+class OnnxContext(TemplateContext):
+    """What README.md and run.py print: the spec and how the graphs hold their weights."""
+
+    spec: SpecContext
+    mode: Literal["unbound", "reference", "inline", "data-file"]
+    files: list[str]  # files the external data points into, relative to the output folder
+    dtypes: list[str]  # stored weight dtypes, e.g. ["bfloat16"]
+    casts_to_float32: bool  # some weights are stored in another dtype than float32
+    data_file: str
+    ort_min_version: str
+    ort_tested_version: str
+    # reference mode: (name, file, safetensors dtype, shape, byte offset) of every bound tensor
+    tensors: list[tuple[str, str, str, list[int], int]]
+
+
 def readme_context(
     spec: ModelSpec, options: BuildOptions, weights: dict[str, Weight], mode: str
-) -> dict[str, Any]:
-    files = sorted({w.location for w in weights.values() if w.data is None})
-    return spec_context(spec, options) | {
-        "mode": mode,
-        "files": files,
-        "dtypes": sorted({DTYPE_NAMES[w.dtype] for w in weights.values()}),
-        "data_file": DATA_FILE,
+) -> OnnxContext:
+    dtypes = sorted({DTYPE_NAMES[w.dtype] for w in weights.values()})
+    return OnnxContext(
+        spec=SpecContext.of(spec, options),
+        mode=mode,  # type: ignore[arg-type]
+        files=sorted({w.location for w in weights.values() if w.data is None}),
+        dtypes=dtypes,
+        casts_to_float32=dtypes != ["float32"],
+        data_file=DATA_FILE,
+        ort_min_version=ORT_MIN_VERSION,
+        ort_tested_version=ORT_TESTED_VERSION,
         # reference mode: what run.py checks in the weights folder before onnxruntime reads it
-        "tensors": [
+        tensors=[
             (w.name, w.location, w.dtype, list(w.shape), w.offset)
             for w in weights.values()
             if mode == "reference"
         ],
-        "ort_min_version": ORT_MIN_VERSION,
-        "ort_tested_version": ORT_TESTED_VERSION,
-    }
+    )
 
 
 class OnnxBackend:
@@ -131,7 +158,7 @@ class OnnxBackend:
     description = "ONNX opset 23 prefill + KV-cache graphs, weights by reference (onnxruntime)"
     template_dir = Path(__file__).parent / "templates"
     accepts: frozenset[str] = frozenset({"weights", "embed_weights"})
-    filters: dict[str, Any] = {}
+    filters: ClassVar[dict[str, Any]] = {}
 
     def plan(self, spec: ModelSpec, options: BuildOptions) -> list[Artifact]:
         data: bytes | None = None

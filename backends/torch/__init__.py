@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from spec import ModelSpec
 
-from ..base import CHECKED_READER, Artifact, BuildOptions, Rendered, spec_context
-from .parallel import parallel_context
+from ..base import CHECKED_READER, Artifact, BuildOptions, Rendered, SpecContext, TemplateContext
+from .parallel import ParallelContext, parallel_context
 
 
 def package_name(spec: ModelSpec) -> str:
@@ -18,16 +19,26 @@ def package_name(spec: ModelSpec) -> str:
     return name if name[:1].isalpha() else f"llama_{name}"
 
 
+@dataclass(frozen=True)
+class TorchContext(TemplateContext):
+    """Every torch template's variables: the spec, the parallel plan, the package name."""
+
+    spec: SpecContext
+    parallel: ParallelContext
+    package_name: str  # what the README suggests naming the copied folder
+
+
 class TorchBackend:
     name = "torch"
     description = "standalone PyTorch package (HF parameter names, SDPA, KV cache, loaders)"
     template_dir = Path(__file__).parent / "templates"
     accepts: frozenset[str] = frozenset({"parallel"})
-    filters: dict[str, Any] = {}
+    filters: ClassVar[dict[str, Any]] = {}
 
     def plan(self, spec: ModelSpec, options: BuildOptions) -> list[Artifact]:
-        context = spec_context(spec, options) | parallel_context(spec, options)
-        context |= {"package_name": package_name(spec)}
+        context = TorchContext(
+            SpecContext.of(spec, options), parallel_context(spec, options), package_name(spec)
+        )
         return [
             Rendered(path, path + ".jinja", context)
             for path in ("__init__.py", "model.py", "weights.py", "parallel.py", "README.md")
