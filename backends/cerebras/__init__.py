@@ -11,7 +11,8 @@ import yaml
 from spec import DType, ModelSpec, to_hf_config
 
 from ..base import CHECKED_READER, Artifact, BuildOptions, OptionError, Rendered, spec_context
-from .mapping import FINAL_NORM_ALIAS, GLOBAL_NAMES, LAYER_NAMES, CheckpointLayout
+from ..tables import table_context
+from .mapping import CheckpointLayout
 
 # Schedule and logging cadence of the Model Zoo's reference LLaMA files, capped by the run length.
 CHECKPOINT_EVERY = 10_000
@@ -42,12 +43,14 @@ def tokens_text(tokens: int) -> str:
 
 def model_context(spec: ModelSpec, options: BuildOptions) -> dict[str, Any]:
     """The spec's values as model.py and convert.py print them."""
-    return spec_context(spec, options) | {
-        "layer_names": LAYER_NAMES,
-        "global_names": GLOBAL_NAMES,
-        "final_norm_alias": FINAL_NORM_ALIAS,
-        "hf_config": to_hf_config(spec) | {"torch_dtype": options.dtype_for(spec).value},
-    }
+    return (
+        spec_context(spec, options)
+        | table_context(spec, 'SIZES["{}"]')
+        | {
+            "cs_aliases": CheckpointLayout.of(spec).cs_aliases(),
+            "hf_config": to_hf_config(spec) | {"torch_dtype": options.dtype_for(spec).value},
+        }
+    )
 
 
 def training_context(spec: ModelSpec) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Any
 from spec import ModelSpec
 
 from ..base import CHECKED_READER, Artifact, BuildOptions, Rendered, spec_context
+from ..tables import table_context
 from .sharding import sharding_context
 
 FILES = ("__init__.py", "model.py", "weights.py", "sharding.py", "README.md")
@@ -24,6 +25,7 @@ class JaxBackend:
 
     def plan(self, spec: ModelSpec, options: BuildOptions) -> list[Artifact]:
         context = spec_context(spec, options) | sharding_context(spec, options)
+        context |= table_context(spec, "config.{}")
         return [Rendered(path, path + ".jinja", context) for path in FILES] + [CHECKED_READER]
 
 

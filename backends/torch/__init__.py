@@ -9,6 +9,7 @@ from typing import Any
 from spec import ModelSpec
 
 from ..base import CHECKED_READER, Artifact, BuildOptions, Rendered, spec_context
+from ..tables import table_context
 from .parallel import parallel_context
 
 
@@ -27,6 +28,7 @@ class TorchBackend:
 
     def plan(self, spec: ModelSpec, options: BuildOptions) -> list[Artifact]:
         context = spec_context(spec, options) | parallel_context(spec, options)
+        context |= table_context(spec, "args.{}")
         context |= {"package_name": package_name(spec)}
         return [
             Rendered(path, path + ".jinja", context)
