@@ -257,8 +257,6 @@ WEIGHTS: tuple[WeightInfo, ...] = (
     ),
 )
 BY_KEY: dict[str, WeightInfo] = {w.key: w for w in WEIGHTS}
-LAYER_WEIGHTS = tuple(w for w in WEIGHTS if w.per_layer)
-GLOBAL_WEIGHTS = tuple(w for w in WEIGHTS if not w.per_layer)
 # The Model Zoo registers its final norm twice (`ln_f` is `transformer_decoder.norm`), and a
 # tied LM head is the embedding under a second name: its checkpoints hold both names.
 CEREBRAS_FINAL_NORM_ALIAS = "ln_f.weight"
@@ -303,16 +301,17 @@ def hf_name(key: str, layer: int | None = None) -> str:
 
 
 def hf_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    """Every tensor of a Hugging Face checkpoint of `spec`, in graph order (embedding, layer 0,
-    ..., final norm, lm_head when untied)."""
-    shapes: dict[str, tuple[int, ...]] = {}
+    """Every tensor of a Hugging Face checkpoint of `spec`, in graph order (the table's order with
+    the decoder layers spelled out where they stand: embedding, layer 0, ..., final norm, head)."""
     rows = present(spec)
-    for weight in (w for w in rows if not w.per_layer and w.key == "embed"):
-        shapes[weight.hf] = weight.shape(spec)
-    for i in range(spec.n_layers):
-        shapes |= {w.hf.format(i=i): w.shape(spec) for w in rows if w.per_layer}
-    for weight in (w for w in rows if not w.per_layer and w.key != "embed"):
-        shapes[weight.hf] = weight.shape(spec)
+    layer_rows = [w for w in rows if w.per_layer]
+    shapes: dict[str, tuple[int, ...]] = {}
+    for weight in rows:
+        if not weight.per_layer:
+            shapes[weight.hf] = weight.shape(spec)
+        elif weight is layer_rows[0]:
+            for i in range(spec.n_layers):
+                shapes |= {w.hf.format(i=i): w.shape(spec) for w in layer_rows}
     return shapes
 
 

@@ -88,6 +88,7 @@ def test_no_weight_name_is_spelled_outside_the_table():
     assert not found, "\n".join(found)
     templates = [
         "backends/torch/templates/weights.py.jinja",
+        "backends/torch/templates/parallel.py.jinja",
         "backends/jax/templates/weights.py.jinja",
         "backends/jax/templates/sharding.py.jinja",
         "backends/cerebras/templates/convert.py.jinja",
