@@ -17,6 +17,7 @@ checked before a row moves, and a refusal is one line (exit code 2) with nothing
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -152,8 +153,9 @@ HF_DEFAULTS = {
 }
 
 
+@functools.cache
 def weight_table() -> dict[str, tuple[str, tuple[int, ...], int | None]]:
-    """WEIGHTS with every layer spelled out."""
+    """WEIGHTS with every layer spelled out (once; read-only)."""
     return {
         hf.format(i=i): (cs.format(i=i), shape, heads)
         for hf, (cs, shape, heads) in WEIGHTS.items()
