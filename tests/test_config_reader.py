@@ -106,6 +106,10 @@ def test_a_folder_that_builds_loads_to_transformers_logits(case, tmp_path):
 
     convert = import_file(out / "cerebras" / "convert.py")
     assert len(convert.load_hf(folder)) == len(reference.state_dict())
+    converted = CliRunner().invoke(
+        main, ["convert", "--to", "cerebras", str(folder), str(tmp_path / "cs.safetensors")]
+    )  # the compiler's own check of the config.json beside the weights
+    assert converted.exit_code == 0, converted.output
 
 
 @pytest.mark.parametrize(
