@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from spec import ModelSpec, SpecFormatError, from_hf_config
+from spec.io import HF_CHECKED
 from spec.weights import hf_shapes
 
 from .. import checked_reader
@@ -25,11 +26,8 @@ from ..safetensors_format import (
 
 # Floating dtypes the graph can read (it casts them to float32), with their sizes in bytes.
 FLOAT_DTYPES = {k: ITEM_SIZES[k] for k in ("F32", "BF16", "F16")}
-# Spec fields a config.json beside the weights must agree with.
-CONFIG_FIELDS = (
-    "vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "norm_eps",
-    "rope_theta", "rope_scaling", "tie_embeddings",
-)  # fmt: skip
+# Spec fields a config.json beside the weights must agree with: those every emitted loader checks.
+CONFIG_FIELDS = (*(field for _, field, _ in HF_CHECKED), "rope_scaling")
 
 
 @dataclass(frozen=True)
