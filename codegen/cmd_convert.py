@@ -1,7 +1,7 @@
 """`python -m codegen convert`: Hugging Face <-> Cerebras Model Zoo checkpoints (safetensors).
 
 Works on the bytes of the safetensors files (any dtype, bfloat16 included) with the name table and
-q/k row order of backends.cerebras.mapping, the same table the emitted convert.py prints; no
+q/k row order of spec.weights (via backends.cerebras.mapping), the same table the emitted convert.py prints; no
 framework is imported. For .mdl or .pt checkpoints use the emitted convert.py.
 """
 
@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import click
 
-from backends.cerebras.mapping import FINAL_NORM_ALIAS, CheckpointLayout, rope_row_order
+from backends.cerebras.mapping import CheckpointLayout, rope_row_order
 from backends.safetensors_format import (
     MAX_HEADER_BYTES,
     CheckpointError,
@@ -29,6 +29,7 @@ from backends.safetensors_format import (
 )
 from spec import ModelSpec, to_hf_config
 from spec.io import MAX_SPEC_BYTES, from_hf_config
+from spec.weights import BY_KEY
 
 from .build import GENERATOR, OutputError, write_file_atomically
 from .common import UserError, resolve_spec, spec_source
@@ -184,14 +185,6 @@ def check_shapes(
         )
 
 
-def cs_aliases(layout: CheckpointLayout) -> dict[str, str]:
-    """Second names of shared tensors in a Cerebras checkpoint -> the name owning the tensor."""
-    aliases = {FINAL_NORM_ALIAS: "transformer_decoder.norm.weight"}
-    if layout.tie_embeddings:
-        aliases["lm_head.weight"] = "embedding_layer.word_embeddings.weight"
-    return aliases
-
-
 def to_cerebras(
     spec: ModelSpec, layout: CheckpointLayout, src: Path, dst: Path, force: bool = False
 ) -> int:
@@ -205,10 +198,11 @@ def to_cerebras(
         except CheckpointError as exc:
             raise UserError(str(exc)) from None
     hf = read_checkpoint(src)
-    if layout.tie_embeddings and "lm_head.weight" in hf:
-        if bytes(hf["lm_head.weight"].data) != bytes(hf["model.embed_tokens.weight"].data):
-            raise UserError(f"{src}: lm_head.weight differs from the embedding of a tied model")
-        del hf["lm_head.weight"]
+    head, embedding = BY_KEY["lm_head"].hf, BY_KEY["embed"].hf
+    if layout.tie_embeddings and head in hf:  # some tied checkpoints store the head anyway
+        if bytes(hf[head].data) != bytes(hf[embedding].data):
+            raise UserError(f"{src}: {head} differs from the embedding of a tied model")
+        del hf[head]
     check_names(set(hf), set(names), "Hugging Face", src)
     check_shapes(spec, hf, {name: name for name in names}, src)
     out: dict[str, tuple[Tensor, list[int] | None]] = {}
@@ -216,7 +210,7 @@ def to_cerebras(
         heads = layout.heads_of(hf_name)
         order = None if heads is None else rope_row_order(heads, layout.head_dim, True)
         out[cs_name] = (hf[hf_name], order)
-    for alias, owner in cs_aliases(layout).items():
+    for alias, owner in layout.cs_aliases().items():
         out[alias] = out[owner]
     write_safetensors(dst, out)
     return len(out)
@@ -232,7 +226,7 @@ def to_hf(
     check_output(dst / "config.json", sources, force=True)  # merged, never replaced blindly
     config = merged_config(dst / "config.json", spec, force)
     names = layout.hf_to_cs()
-    aliases = cs_aliases(layout)
+    aliases = layout.cs_aliases()
     cs = read_checkpoint(src)
     check_names(set(cs), set(names.values()) | set(aliases), "Cerebras", src)
     check_shapes(spec, cs, names, src)

@@ -88,56 +88,112 @@ def _name_from_path(path: Path) -> str:
     return cleaned or "model"
 
 
-def _rope_from_hf(params: dict[str, Any] | None) -> RopeScaling | None:
-    if not params:
-        return None
-    kind = params.get("rope_type", params.get("type", "default"))
-    if kind == "default":
-        return None
-    if kind == "linear":
-        return LinearRopeScaling(factor=params["factor"])
-    if kind == "llama3":
-        keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
-        return Llama3RopeScaling(**{k: params[k] for k in keys})
-    raise SpecFormatError(f"rope scaling type {kind!r} is not supported (default, linear, llama3)")
+# How transformers reads each architecture key of a LlamaConfig dict when it is absent or null:
+# `transformers.LlamaConfig()`'s defaults (5.x; 4.x has the same), {"same_as": key} for a key
+# that defaults to another's value (listed after it), None where we require the key (the sizes:
+# transformers' defaults describe LLaMA 7B, which a checkpoint should not be taken to be).
+# The compiler and every emitted loader read config.json through this table and one function,
+# checked_reader.hf_config_view, so a folder that builds always loads (tests/test_config_reader).
+HF_DEFAULTS: dict[str, Any] = {
+    "vocab_size": None,
+    "hidden_size": None,
+    "intermediate_size": None,
+    "num_hidden_layers": None,
+    "num_attention_heads": None,
+    "num_key_value_heads": {"same_as": "num_attention_heads"},
+    "hidden_act": "silu",
+    "max_position_embeddings": 2048,
+    "initializer_range": 0.02,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": False,
+    "attention_bias": False,
+    "mlp_bias": False,
+}
+# The transformers keys an emitted loader checks in a config.json beside the weights, with the
+# spec field and the emitted config attribute (torch ModelArgs, JAX Config) each one equals.
+HF_CHECKED: tuple[tuple[str, str, str], ...] = (
+    ("vocab_size", "vocab_size", "vocab_size"),
+    ("hidden_size", "dim", "dim"),
+    ("num_hidden_layers", "n_layers", "n_layers"),
+    ("num_attention_heads", "n_heads", "n_heads"),
+    ("num_key_value_heads", "n_kv_heads", "n_kv_heads"),
+    ("intermediate_size", "ffn_dim", "hidden_dim"),
+    ("rms_norm_eps", "norm_eps", "norm_eps"),
+    ("rope_theta", "rope_theta", "rope_theta"),
+    ("tie_word_embeddings", "tie_embeddings", "tie_embeddings"),
+)
+
+
+def hf_view(config: dict[str, Any], where: str = "config.json") -> dict[str, Any]:
+    """`config` as transformers reads it (HF_DEFAULTS for absent or null keys; 4.x rope_theta /
+    rope_scaling or 5.x rope_parameters). Raises SpecFormatError naming a malformed RoPE key."""
+    from backends.checked_reader import CheckpointError, hf_config_view  # stdlib only, no cycle
+
+    try:
+        return hf_config_view(config, where, HF_DEFAULTS)
+    except CheckpointError as exc:
+        raise SpecFormatError(str(exc)) from None
+
+
+def hf_checked_values(spec: ModelSpec) -> dict[str, Any]:
+    """What a config.json of `spec` says under the keys loaders check (hf_config_view's form)."""
+    values = {key: getattr(spec, field) for key, field, _ in HF_CHECKED}
+    scaling = spec.rope_scaling.model_dump() if spec.rope_scaling else {"type": "none"}
+    return values | {"rope_scaling": scaling}
+
+
+def _rope_from_hf(scaling: dict[str, Any]) -> RopeScaling | None:
+    """A RopeScaling from hf_config_view's {"type": ..., params} form."""
+    params = {key: value for key, value in scaling.items() if key != "type"}
+    if scaling["type"] == "linear":
+        return LinearRopeScaling(**params)
+    if scaling["type"] == "llama3":
+        return Llama3RopeScaling(**params)
+    return None
 
 
 def from_hf_config(config: dict[str, Any], name: str = "model") -> ModelSpec:
-    """Spec from a transformers `LlamaConfig` dict (4.x `rope_theta`/`rope_scaling` or 5.x `rope_parameters`)."""
+    """Spec from a transformers `LlamaConfig` dict (4.x `rope_theta`/`rope_scaling` or 5.x
+    `rope_parameters`), omitted keys taking transformers' defaults (HF_DEFAULTS).
+
+    Raises KeyError for a required key that is absent or null, SpecFormatError for what is not
+    a LLaMA, pydantic's ValidationError for values out of bounds."""
     model_type = config.get("model_type", "llama")
     if model_type != "llama":
         raise SpecFormatError(f"model_type {model_type!r} is not a LLaMA config")
+    view = hf_view(config)
+    missing = [key for key, default in HF_DEFAULTS.items() if default is None and view[key] is None]
+    if missing:
+        raise KeyError(missing[0])
     for flag in ("attention_bias", "mlp_bias"):
-        if config.get(flag):
+        if view[flag]:
             raise SpecFormatError(f"{flag}: true is not a LLaMA architecture (no biases)")
-    if config.get("hidden_act", "silu") != "silu":
-        raise SpecFormatError(f"hidden_act {config['hidden_act']!r}: SwiGLU needs silu")
-    heads = config["num_attention_heads"]
+    if view["hidden_act"] != "silu":
+        raise SpecFormatError(f"hidden_act {view['hidden_act']!r}: SwiGLU needs silu")
+    heads = view["num_attention_heads"]
     head_dim = config.get("head_dim")
-    if head_dim is not None and head_dim * heads != config["hidden_size"]:
+    if head_dim is not None and head_dim * heads != view["hidden_size"]:
         raise SpecFormatError(
-            f"head_dim {head_dim} x {heads} heads != hidden_size {config['hidden_size']}: "
+            f"head_dim {head_dim} x {heads} heads != hidden_size {view['hidden_size']}: "
             "decoupled head sizes are not supported"
         )
-    rope_parameters = config.get("rope_parameters") or {}
-    rope_theta = rope_parameters.get("rope_theta", config.get("rope_theta", 10000.0))
-    scaling = _rope_from_hf(rope_parameters or config.get("rope_scaling"))
     dtype = config.get("dtype", config.get("torch_dtype")) or "float32"
     return ModelSpec(
         name=name,
-        vocab_size=config["vocab_size"],
-        dim=config["hidden_size"],
-        n_layers=config["num_hidden_layers"],
+        vocab_size=view["vocab_size"],
+        dim=view["hidden_size"],
+        n_layers=view["num_hidden_layers"],
         n_heads=heads,
-        n_kv_heads=config.get("num_key_value_heads", heads),
-        ffn_dim=config["intermediate_size"],
-        norm_eps=config.get("rms_norm_eps", 1e-6),
-        rope_theta=rope_theta,
-        rope_scaling=scaling,
-        max_seq_len=config.get("max_position_embeddings", 2048),
-        tie_embeddings=config.get("tie_word_embeddings", False),
+        n_kv_heads=view["num_key_value_heads"],
+        ffn_dim=view["intermediate_size"],
+        norm_eps=view["rms_norm_eps"],
+        rope_theta=view["rope_theta"],
+        rope_scaling=_rope_from_hf(view["rope_scaling"]),
+        max_seq_len=view["max_position_embeddings"],
+        tie_embeddings=view["tie_word_embeddings"],
         dtype="bfloat16" if dtype in ("bfloat16", "float16") else "float32",
-        init_std=config.get("initializer_range", 0.02),
+        init_std=view["initializer_range"],
     )
 
 

@@ -19,6 +19,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from .model import DType, ModelSpec, _Frozen
+from .weights import WEIGHTS, LogicalAxis, axis_sizes, present
 
 
 class MeshAxis(str, Enum):
@@ -29,49 +30,12 @@ class MeshAxis(str, Enum):
     tensor = "tensor"  # Megatron-style: heads, FFN columns and vocabulary split inside a layer
 
 
-class LogicalAxis(str, Enum):
-    """Names of weight (and batch) dimensions, independent of any mesh."""
-
-    vocab = "vocab"
-    embed = "embed"
-    heads = "heads"
-    kv_heads = "kv_heads"
-    head_dim = "head_dim"
-    mlp = "mlp"
-    layers = "layers"  # the stacked-layers axis of a scanned model
-    batch = "batch"  # activations: rows of a batch
-
-
 # Logical axes the tensor axis may shard: the torch plan splits exactly these (Megatron-style).
 TENSOR_SHARDABLE = frozenset(
     {LogicalAxis.vocab, LogicalAxis.heads, LogicalAxis.kv_heads, LogicalAxis.mlp}
 )
 
-# Logical axes of every weight, by HF name suffix (decoder-layer weights) or full name.
 _L = LogicalAxis
-LAYER_WEIGHT_AXES: dict[str, tuple[LogicalAxis, ...]] = {
-    "self_attn.q_proj.weight": (_L.heads, _L.embed),
-    "self_attn.k_proj.weight": (_L.kv_heads, _L.embed),
-    "self_attn.v_proj.weight": (_L.kv_heads, _L.embed),
-    "self_attn.o_proj.weight": (_L.embed, _L.heads),
-    "mlp.gate_proj.weight": (_L.mlp, _L.embed),
-    "mlp.up_proj.weight": (_L.mlp, _L.embed),
-    "mlp.down_proj.weight": (_L.embed, _L.mlp),
-    "input_layernorm.weight": (_L.embed,),
-    "post_attention_layernorm.weight": (_L.embed,),
-}
-# The same projections viewed per head: q_proj as (n_heads, head_dim, dim), and so on.
-SPLIT_HEAD_AXES: dict[str, tuple[LogicalAxis, ...]] = {
-    "self_attn.q_proj.weight": (_L.heads, _L.head_dim, _L.embed),
-    "self_attn.k_proj.weight": (_L.kv_heads, _L.head_dim, _L.embed),
-    "self_attn.v_proj.weight": (_L.kv_heads, _L.head_dim, _L.embed),
-    "self_attn.o_proj.weight": (_L.embed, _L.heads, _L.head_dim),
-}
-GLOBAL_WEIGHT_AXES: dict[str, tuple[LogicalAxis, ...]] = {
-    "model.embed_tokens.weight": (_L.vocab, _L.embed),
-    "model.norm.weight": (_L.embed,),
-    "lm_head.weight": (_L.vocab, _L.embed),
-}
 
 
 def logical_axes(
@@ -83,30 +47,21 @@ def logical_axes(
     `stacked`: decoder-layer weights once, keyed by their suffix (`self_attn.q_proj.weight`),
     with a leading `layers` axis, as a scanned model holds them.
     """
-    per_layer = LAYER_WEIGHT_AXES | (SPLIT_HEAD_AXES if split_heads else {})
-    axes = {
-        name: value
-        for name, value in GLOBAL_WEIGHT_AXES.items()
-        if name != "lm_head.weight" or not model.tie_embeddings
-    }
-    if stacked:
-        return axes | {suffix: (_L.layers, *value) for suffix, value in per_layer.items()}
-    for i in range(model.n_layers):
-        axes |= {f"model.layers.{i}.{suffix}": value for suffix, value in per_layer.items()}
+    axes: dict[str, tuple[LogicalAxis, ...]] = {}
+    for weight in present(model):
+        value = weight.head_axes if split_heads else weight.axes
+        if not weight.per_layer:
+            axes[weight.hf] = value
+        elif stacked:
+            axes[weight.hf.removeprefix("model.layers.{i}.")] = (_L.layers, *value)
+        else:
+            axes |= {weight.hf.format(i=i): value for i in range(model.n_layers)}
     return axes
 
 
 def logical_sizes(model: ModelSpec, batch_size: int | None = None) -> dict[LogicalAxis, int]:
     """The length of each logical axis for `model` (batch only when given)."""
-    sizes = {
-        _L.vocab: model.vocab_size,
-        _L.embed: model.dim,
-        _L.heads: model.n_heads,
-        _L.kv_heads: model.n_kv_heads,
-        _L.head_dim: model.head_dim,
-        _L.mlp: model.ffn_dim,
-        _L.layers: model.n_layers,
-    }
+    sizes = axis_sizes(model)
     if batch_size is not None:
         sizes[_L.batch] = batch_size
     return sizes
@@ -227,7 +182,8 @@ class ParallelSpec(_Frozen):
                     f"sequence_parallel needs rules {', '.join(whole)} on the tensor axis "
                     "(the sequence is gathered and re-split around split layers only)"
                 )
-        for name, axes in {**GLOBAL_WEIGHT_AXES, **LAYER_WEIGHT_AXES, **SPLIT_HEAD_AXES}.items():
+        for weight in WEIGHTS:
+            name, axes = weight.hf, weight.head_axes
             used = [mesh for axis in axes for mesh in self.rules.of(axis)]
             if len(set(used)) != len(used):
                 raise ValueError(

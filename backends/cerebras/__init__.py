@@ -3,7 +3,7 @@ PyTorch model with interleaved RoPE, a cstorch training loop and an HF <-> Cereb
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,7 +21,8 @@ from ..base import (
     SpecContext,
     TemplateContext,
 )
-from .mapping import FINAL_NORM_ALIAS, GLOBAL_NAMES, LAYER_NAMES, CheckpointLayout
+from ..tables import TableContext
+from .mapping import CheckpointLayout
 
 # Schedule and logging cadence of the Model Zoo's reference LLaMA files, capped by the run length.
 CHECKPOINT_EVERY = 10_000
@@ -52,11 +53,11 @@ def tokens_text(tokens: int) -> str:
 
 @dataclass(frozen=True)
 class NamesContext(TemplateContext):
-    """Model Zoo parameter names (mapping.py) and the HF config convert.py writes."""
+    """The weight table (HF and Model Zoo names), the Model Zoo's second names of shared
+    tensors, and the HF config convert.py writes."""
 
-    layer_names: Sequence[tuple[str, str]]  # (HF name, Model Zoo name), per layer
-    global_names: Sequence[tuple[str, str]]
-    final_norm_alias: str
+    table: TableContext
+    cs_aliases: Mapping[str, str]  # Model Zoo alias -> the name owning the tensor
     hf_config: Mapping[str, Any]
 
 
@@ -81,9 +82,8 @@ class TrainContext(TemplateContext):
 def model_context(spec: ModelSpec, options: BuildOptions) -> ModelContext:
     """The spec's values as model.py and convert.py print them."""
     names = NamesContext(
-        layer_names=LAYER_NAMES,
-        global_names=GLOBAL_NAMES,
-        final_norm_alias=FINAL_NORM_ALIAS,
+        table=TableContext.of(spec, 'SIZES["{}"]'),
+        cs_aliases=CheckpointLayout.of(spec).cs_aliases(),
         hf_config=to_hf_config(spec) | {"torch_dtype": options.dtype_for(spec).value},
     )
     return ModelContext(SpecContext.of(spec, options), names)

@@ -1,8 +1,8 @@
-"""Hugging Face <-> Cerebras Model Zoo checkpoint names: the one table both directions use.
+"""Hugging Face <-> Cerebras Model Zoo checkpoint names and q/k row orders, from the weight table.
 
-The emitted convert.py prints this table, and `python -m codegen convert` reads it, so the two
-cannot drift apart. Names follow the Model Zoo's own LLaMA converter (GPT2LMHeadModel configured
-as LLaMA): `{i}` stands for the layer index.
+The names are the table's (`spec.weights`: each row's `hf` and `cerebras` name); the emitted
+convert.py prints the same rows, and `python -m codegen convert` reads them here, so the two
+cannot drift apart.
 """
 
 from __future__ import annotations
@@ -10,30 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from spec import ModelSpec
-
-# (Hugging Face name, Cerebras name), per layer and then the rest.
-LAYER_NAMES: tuple[tuple[str, str], ...] = (
-    ("model.layers.{i}.self_attn.q_proj.weight", "transformer_decoder.layers.{i}.self_attn.proj_q_dense_layer.weight"),
-    ("model.layers.{i}.self_attn.k_proj.weight", "transformer_decoder.layers.{i}.self_attn.proj_k_dense_layer.weight"),
-    ("model.layers.{i}.self_attn.v_proj.weight", "transformer_decoder.layers.{i}.self_attn.proj_v_dense_layer.weight"),
-    ("model.layers.{i}.self_attn.o_proj.weight", "transformer_decoder.layers.{i}.self_attn.proj_output_dense_layer.weight"),
-    ("model.layers.{i}.mlp.up_proj.weight", "transformer_decoder.layers.{i}.ffn.ffn.0.linear_layer.weight"),
-    ("model.layers.{i}.mlp.gate_proj.weight", "transformer_decoder.layers.{i}.ffn.ffn.0.linear_layer_for_glu.weight"),
-    ("model.layers.{i}.mlp.down_proj.weight", "transformer_decoder.layers.{i}.ffn.ffn.1.linear_layer.weight"),
-    ("model.layers.{i}.input_layernorm.weight", "transformer_decoder.layers.{i}.norm1.weight"),
-    ("model.layers.{i}.post_attention_layernorm.weight", "transformer_decoder.layers.{i}.norm3.weight"),
-)  # fmt: skip
-GLOBAL_NAMES: tuple[tuple[str, str], ...] = (
-    ("model.embed_tokens.weight", "embedding_layer.word_embeddings.weight"),
-    ("model.norm.weight", "transformer_decoder.norm.weight"),
-    ("lm_head.weight", "lm_head.weight"),
+from spec.weights import (
+    BY_KEY,
+    CEREBRAS_FINAL_NORM_ALIAS,
+    LogicalAxis,
+    by_hf_name,
+    per_name,
 )
-# The Model Zoo registers its final norm twice (`ln_f` is `transformer_decoder.norm`), and a
-# tied LM head is the embedding under a second name: their checkpoints hold both names.
-FINAL_NORM_ALIAS = "ln_f.weight"
-# q/k rows differ between the layouts: HF pairs (i, i + head_dim/2), Cerebras pairs (2i, 2i+1).
-QUERY = "self_attn.q_proj.weight"
-KEY = "self_attn.k_proj.weight"
 
 
 @dataclass(frozen=True)
@@ -52,28 +35,28 @@ class CheckpointLayout:
 
     def hf_to_cs(self) -> dict[str, str]:
         """Every Hugging Face tensor name (a tied model has no lm_head) -> its Cerebras name."""
-        names = {
-            hf.format(i=i): cs.format(i=i) for i in range(self.n_layers) for hf, cs in LAYER_NAMES
-        }
-        names |= dict(GLOBAL_NAMES)
-        if self.tie_embeddings:
-            del names["lm_head.weight"]
-        return names
+        return per_name("cerebras", self.n_layers, self.tie_embeddings)
 
     def heads_of(self, hf_name: str) -> int | None:
         """Heads whose rows are permuted between RoPE layouts; None for other tensors."""
-        if hf_name.endswith(QUERY):
-            return self.n_heads
-        if hf_name.endswith(KEY):
-            return self.n_kv_heads
-        return None
+        row = by_hf_name(hf_name)
+        if row is None or row.rope_heads is None:
+            return None
+        return self.n_heads if row.rope_heads is LogicalAxis.heads else self.n_kv_heads
+
+    def cs_aliases(self) -> dict[str, str]:
+        """Second names of shared tensors in a Cerebras checkpoint -> the name owning the tensor."""
+        aliases = {CEREBRAS_FINAL_NORM_ALIAS: BY_KEY["norm"].cerebras}
+        if self.tie_embeddings:
+            aliases[BY_KEY["lm_head"].cerebras] = BY_KEY["embed"].cerebras
+        return aliases
 
 
 def rope_row_order(n_heads: int, head_dim: int, to_interleaved: bool) -> list[int]:
     """For each row of a converted q/k weight, the row of the source it comes from.
 
-    Half layout: head row j < head_dim/2 is the first element of pair j, row j + head_dim/2 the
-    second; interleaved: rows 2j and 2j+1 hold pair j.
+    Half layout (HF): head row j < head_dim/2 is the first element of pair j, row j + head_dim/2
+    the second; interleaved (Meta, Cerebras): rows 2j and 2j+1 hold pair j.
     """
     half = head_dim // 2
     if to_interleaved:

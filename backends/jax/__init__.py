@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from spec import ModelSpec
 
 from ..base import CHECKED_READER, Artifact, BuildOptions, Rendered, SpecContext, TemplateContext
+from ..tables import TableContext
 from .sharding import sharding_context
 
 FILES = ("__init__.py", "model.py", "weights.py", "sharding.py", "README.md")
@@ -39,6 +40,7 @@ class JaxContext(TemplateContext):
 
     spec: SpecContext
     sharding: ShardingContext
+    table: TableContext
 
 
 class JaxBackend:
@@ -50,7 +52,9 @@ class JaxBackend:
 
     def plan(self, spec: ModelSpec, options: BuildOptions) -> list[Artifact]:
         context = JaxContext(
-            SpecContext.of(spec, options), ShardingContext(**sharding_context(spec, options))
+            SpecContext.of(spec, options),
+            ShardingContext(**sharding_context(spec, options)),
+            TableContext.of(spec, "config.{}"),
         )
         return [Rendered(path, path + ".jinja", context) for path in FILES] + [CHECKED_READER]
 

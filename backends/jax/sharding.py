@@ -1,7 +1,7 @@
 """What the JAX target's sharding.py prints: mesh degrees and a PartitionSpec for every parameter.
 
 The PartitionSpecs come from the parallel spec's rules applied to the logical axes of every
-weight (`spec.logical_axes(model, stacked=True)`), turned into our layout: matrices are stored
+weight (the weight table, `spec.weights`), turned into our layout: matrices are stored
 (in, out), the transpose of Hugging Face's (out, in), with the layers stacked in front.
 """
 
@@ -9,36 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from spec import ModelSpec, ParallelSpec, logical_axes
-from spec.parallel import LogicalAxis
+from spec import ModelSpec, ParallelSpec
+from spec.weights import CONFIG_ATTRIBUTES, LogicalAxis, WeightInfo, present
 
 from ..base import BuildOptions
 
-# Our params pytree names -> Hugging Face names (decoder-layer weights: their suffix).
-GLOBAL_NAMES = {
-    "embed": "model.embed_tokens.weight",
-    "norm": "model.norm.weight",
-    "lm_head": "lm_head.weight",
-}
-LAYER_NAMES = {
-    "attn_norm": "input_layernorm.weight",
-    "wq": "self_attn.q_proj.weight",
-    "wk": "self_attn.k_proj.weight",
-    "wv": "self_attn.v_proj.weight",
-    "wo": "self_attn.o_proj.weight",
-    "mlp_norm": "post_attention_layernorm.weight",
-    "w_gate": "mlp.gate_proj.weight",
-    "w_up": "mlp.up_proj.weight",
-    "w_down": "mlp.down_proj.weight",
-}
-# Logical axes the weights use, with the Config attribute holding each one's length.
+# Logical axes the weights use (the stacked layers too), with the Config attribute of each length.
 WEIGHT_SIZES = {
-    "vocab": "vocab_size",
-    "embed": "dim",
-    "heads": "n_heads",
-    "kv_heads": "n_kv_heads",
-    "mlp": "hidden_dim",
-    "layers": "n_layers",
+    axis.value: attribute
+    for axis, attribute in CONFIG_ATTRIBUTES.items()
+    if axis is not LogicalAxis.head_dim  # never split by a default rule; checked with heads
 }
 
 
@@ -55,16 +35,16 @@ def partition_text(entries: tuple[tuple[str, ...] | None, ...]) -> str:
     return "P(" + ", ".join(printed) + ")"
 
 
-def param_entry(
-    parallel: ParallelSpec, name: str, hf_axes: tuple[LogicalAxis, ...], *, stacked: bool
-) -> dict[str, str]:
-    """One params entry: Hugging Face axes in our layout, where every matrix but the embedding
-    is transposed to (in, out)."""
-    axes = hf_axes
-    if len(hf_axes) == 2 + stacked and name != "embed":
-        axes = (*hf_axes[:-2], hf_axes[-1], hf_axes[-2])
+def param_entry(parallel: ParallelSpec, weight: WeightInfo) -> dict[str, str]:
+    """One params entry: the weight's Hugging Face axes in our layout (matrices transposed to
+    (in, out) where the table says so), with the stacked `layers` axis in front of layer weights."""
+    axes = weight.axes
+    if weight.jax_transposed:
+        axes = (axes[1], axes[0])
+    if weight.per_layer:
+        axes = (LogicalAxis.layers, *axes)
     return {
-        "name": name,
+        "name": weight.key,
         "partition": partition_text(parallel.partition(axes)),
         "axes": ", ".join(axis.value for axis in axes) + ("," if len(axes) == 1 else ""),
     }
@@ -73,22 +53,14 @@ def param_entry(
 def sharding_context(spec: ModelSpec, options: BuildOptions) -> dict[str, Any]:
     """The parallel spec (given or default) as sharding.py.jinja prints it."""
     parallel = (options.parallel or ParallelSpec()).validate_for(spec)
-    hf_axes = logical_axes(spec, stacked=True)
     rules = {axis.value: [mesh.value for mesh in parallel.rules.of(axis)] for axis in LogicalAxis}
     batch, vocab = parallel.partition((LogicalAxis.batch, LogicalAxis.vocab))
     training = spec.training
     return {
         "mesh": parallel.mesh.model_dump(),
         "rules": rules,
-        "global_params": [
-            param_entry(parallel, name, hf_axes[hf_name], stacked=False)
-            for name, hf_name in GLOBAL_NAMES.items()
-            if hf_name in hf_axes
-        ],
-        "layer_params": [
-            param_entry(parallel, name, hf_axes[hf_name], stacked=True)
-            for name, hf_name in LAYER_NAMES.items()
-        ],
+        "global_params": [param_entry(parallel, w) for w in present(spec) if not w.per_layer],
+        "layer_params": [param_entry(parallel, w) for w in present(spec) if w.per_layer],
         "batch_partition": partition_text((batch,)),
         "logits_partition": partition_text((batch, None, vocab)),  # (batch, seq, vocab)
         "rules_text": [

@@ -13,6 +13,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from spec import ModelSpec, SpecFormatError, from_hf_config
+from spec.io import HF_CHECKED
+from spec.weights import hf_shapes
 
 from .. import checked_reader
 from ..safetensors_format import (
@@ -24,11 +26,8 @@ from ..safetensors_format import (
 
 # Floating dtypes the graph can read (it casts them to float32), with their sizes in bytes.
 FLOAT_DTYPES = {k: ITEM_SIZES[k] for k in ("F32", "BF16", "F16")}
-# Spec fields a config.json beside the weights must agree with.
-CONFIG_FIELDS = (
-    "vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "norm_eps",
-    "rope_theta", "rope_scaling", "tie_embeddings",
-)  # fmt: skip
+# Spec fields a config.json beside the weights must agree with: those every emitted loader checks.
+CONFIG_FIELDS = (*(field for _, field, _ in HF_CHECKED), "rope_scaling")
 
 
 @dataclass(frozen=True)
@@ -44,25 +43,7 @@ class Checkpoint:
 
 def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     """Every tensor of a Hugging Face `LlamaForCausalLM` checkpoint of this spec, in graph order."""
-    d, kv = spec.dim, spec.n_kv_heads * spec.head_dim
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (spec.vocab_size, d)}
-    for i in range(spec.n_layers):
-        p = f"model.layers.{i}."
-        shapes |= {
-            p + "input_layernorm.weight": (d,),
-            p + "self_attn.q_proj.weight": (d, d),
-            p + "self_attn.k_proj.weight": (kv, d),
-            p + "self_attn.v_proj.weight": (kv, d),
-            p + "self_attn.o_proj.weight": (d, d),
-            p + "post_attention_layernorm.weight": (d,),
-            p + "mlp.gate_proj.weight": (spec.ffn_dim, d),
-            p + "mlp.up_proj.weight": (spec.ffn_dim, d),
-            p + "mlp.down_proj.weight": (d, spec.ffn_dim),
-        }
-    shapes["model.norm.weight"] = (d,)
-    if not spec.tie_embeddings:
-        shapes["lm_head.weight"] = (spec.vocab_size, d)
-    return shapes
+    return hf_shapes(spec)
 
 
 def check_config(spec: ModelSpec, folder: Path) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 from onnx import ModelProto, NodeProto, TensorProto, ValueInfoProto, helper, numpy_helper
 
 from spec import ModelSpec
+from spec.weights import hf_name
 
 OPSET = 23
 IR_VERSION = 11  # the IR version that introduced opset 23
@@ -144,11 +145,11 @@ def attention(
 ) -> str:
     """x + o_proj(attention(rope(q), rope(k), v)) for layer i; with_past reads and extends the
     layer's KV cache (past_key_values.{i}.* -> present.{i}.*)."""
-    p, out = f"model.layers.{i}.", f"layers.{i}."
-    h = g.rms_norm(x, w[p + "input_layernorm.weight"], spec.norm_eps, out + "attn_norm")
-    q = g.linear(h, w[p + "self_attn.q_proj.weight"], out + "q")  # (B, T, n_heads * head_dim)
-    k = g.linear(h, w[p + "self_attn.k_proj.weight"], out + "k")  # (B, T, kv_heads * head_dim)
-    v = g.linear(h, w[p + "self_attn.v_proj.weight"], out + "v")
+    out = f"layers.{i}."
+    h = g.rms_norm(x, w[hf_name("attn_norm", i)], spec.norm_eps, out + "attn_norm")
+    q = g.linear(h, w[hf_name("wq", i)], out + "q")  # (B, T, n_heads * head_dim)
+    k = g.linear(h, w[hf_name("wk", i)], out + "k")  # (B, T, kv_heads * head_dim)
+    v = g.linear(h, w[hf_name("wv", i)], out + "v")
     q = g.rope(q, rope, spec.n_heads, out + "q_rope")
     k = g.rope(k, rope, spec.n_kv_heads, out + "k_rope")
     cache_in = ["", f"past_key_values.{i}.key", f"past_key_values.{i}.value"] if with_past else []
@@ -162,20 +163,18 @@ def attention(
         kv_num_heads=spec.n_kv_heads,
         scale=float(1 / np.sqrt(spec.head_dim)),
     )[0]  # (B, T, n_heads * head_dim)
-    y = g.linear(y, w[p + "self_attn.o_proj.weight"], out + "attn_out")
+    y = g.linear(y, w[hf_name("wo", i)], out + "attn_out")
     return g.op("Add", [x, y], out + "attn_residual")
 
 
 def mlp(g: GraphBuilder, spec: ModelSpec, i: int, w: dict[str, str], x: str) -> str:
     """x + down(silu(gate(h)) * up(h)) with h = RMSNorm(x), for layer i."""
-    p, out = f"model.layers.{i}.", f"layers.{i}."
-    h = g.rms_norm(x, w[p + "post_attention_layernorm.weight"], spec.norm_eps, out + "mlp_norm")
-    gate = g.linear(h, w[p + "mlp.gate_proj.weight"], out + "gate")  # (B, T, hidden_dim)
-    up = g.linear(h, w[p + "mlp.up_proj.weight"], out + "up")
+    out = f"layers.{i}."
+    h = g.rms_norm(x, w[hf_name("mlp_norm", i)], spec.norm_eps, out + "mlp_norm")
+    gate = g.linear(h, w[hf_name("w_gate", i)], out + "gate")  # (B, T, hidden_dim)
+    up = g.linear(h, w[hf_name("w_up", i)], out + "up")
     silu = g.op("Mul", [gate, g.op("Sigmoid", [gate], out + "gate_sigmoid")], out + "silu")
-    y = g.linear(
-        g.op("Mul", [silu, up], out + "swiglu"), w[p + "mlp.down_proj.weight"], out + "mlp_out"
-    )
+    y = g.linear(g.op("Mul", [silu, up], out + "swiglu"), w[hf_name("w_down", i)], out + "mlp_out")
     return g.op("Add", [x, y], out + "mlp_residual")
 
 
@@ -186,11 +185,11 @@ def decoder(spec: ModelSpec, weights: dict[str, Weight], with_past: bool) -> Mod
     g = GraphBuilder()
     w = {name: g.weight(weight) for name, weight in weights.items()}
     rope = rope_tables(g, spec, with_past)
-    x = g.op("Gather", [w["model.embed_tokens.weight"], "input_ids"], "embeddings", axis=0)
+    x = g.op("Gather", [w[hf_name("embed")], "input_ids"], "embeddings", axis=0)
     for i in range(spec.n_layers):
         x = mlp(g, spec, i, w, attention(g, spec, i, w, x, rope, with_past))
-    x = g.rms_norm(x, w["model.norm.weight"], spec.norm_eps, "final_norm")
-    head = "model.embed_tokens.weight" if spec.tie_embeddings else "lm_head.weight"
+    x = g.rms_norm(x, w[hf_name("norm")], spec.norm_eps, "final_norm")
+    head = hf_name("embed" if spec.tie_embeddings else "lm_head")
     g.linear(x, w[head], "logits")  # (B, T, vocab)
 
     kv, hd = spec.n_kv_heads, spec.head_dim

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 from spec import ModelSpec
 
 from ..base import CHECKED_READER, Artifact, BuildOptions, Rendered, SpecContext, TemplateContext
+from ..tables import TableContext
 from .parallel import ParallelContext, parallel_context
 
 
@@ -25,6 +26,7 @@ class TorchContext(TemplateContext):
 
     spec: SpecContext
     parallel: ParallelContext
+    table: TableContext
     package_name: str  # what the README suggests naming the copied folder
 
 
@@ -37,7 +39,10 @@ class TorchBackend:
 
     def plan(self, spec: ModelSpec, options: BuildOptions) -> list[Artifact]:
         context = TorchContext(
-            SpecContext.of(spec, options), parallel_context(spec, options), package_name(spec)
+            SpecContext.of(spec, options),
+            parallel_context(spec, options),
+            TableContext.of(spec, "args.{}"),
+            package_name(spec),
         )
         return [
             Rendered(path, path + ".jinja", context)

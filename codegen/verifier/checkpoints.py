@@ -10,36 +10,22 @@ from pathlib import Path
 import numpy as np
 
 from spec import ModelSpec, to_hf_config
+from spec.weights import Init, by_hf_name, hf_shapes
 
 
 def weight_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     """Every tensor of a checkpoint in our canonical layout (HF names; no lm_head when tied)."""
-    d, kv = spec.dim, spec.n_kv_heads * spec.head_dim
-    shapes = {"model.embed_tokens.weight": (spec.vocab_size, d), "model.norm.weight": (d,)}
-    if not spec.tie_embeddings:
-        shapes["lm_head.weight"] = (spec.vocab_size, d)
-    for i in range(spec.n_layers):
-        p = f"model.layers.{i}."
-        shapes |= {
-            p + "self_attn.q_proj.weight": (d, d),
-            p + "self_attn.k_proj.weight": (kv, d),
-            p + "self_attn.v_proj.weight": (kv, d),
-            p + "self_attn.o_proj.weight": (d, d),
-            p + "mlp.gate_proj.weight": (spec.ffn_dim, d),
-            p + "mlp.up_proj.weight": (spec.ffn_dim, d),
-            p + "mlp.down_proj.weight": (d, spec.ffn_dim),
-            p + "input_layernorm.weight": (d,),
-            p + "post_attention_layernorm.weight": (d,),
-        }
-    return shapes
+    return hf_shapes(spec)
 
 
 def random_weights(spec: ModelSpec, seed: int, std: float = 0.1) -> dict[str, np.ndarray]:
-    """float32 weights, never zeros: normal(0, std) matrices, norm weights around 1."""
+    """float32 weights, never zeros: normal(0, std) matrices, and norm gains (initialised to
+    ones) drawn around 1 so that a gain applied to the wrong rows shows."""
     rng = np.random.default_rng(seed)
     weights = {}
     for name, shape in weight_shapes(spec).items():
-        if name.endswith("norm.weight"):
+        row = by_hf_name(name)
+        if row is not None and row.init is Init.ones:
             weights[name] = (1.0 + 0.2 * rng.standard_normal(shape)).astype(np.float32)
         else:
             weights[name] = (std * rng.standard_normal(shape)).astype(np.float32)

@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from spec import LinearRopeScaling, Llama3RopeScaling, ModelSpec
+from spec.weights import hf_name
 
 
 def inv_frequencies(spec: ModelSpec) -> np.ndarray:
@@ -76,22 +77,21 @@ def forward(spec: ModelSpec, weights: dict[str, np.ndarray], tokens: np.ndarray)
     for seq in np.asarray(tokens):
         T = len(seq)
         positions = np.arange(T, dtype=np.float64)
-        x = w["model.embed_tokens.weight"][seq]
+        x = w[hf_name("embed")][seq]
         for i in range(spec.n_layers):
-            p = f"model.layers.{i}."
-            h = rms_norm(x, w[p + "input_layernorm.weight"], spec.norm_eps)
-            q = (h @ w[p + "self_attn.q_proj.weight"].T).reshape(T, spec.n_heads, spec.head_dim)
-            k = (h @ w[p + "self_attn.k_proj.weight"].T).reshape(T, spec.n_kv_heads, -1)
-            v = (h @ w[p + "self_attn.v_proj.weight"].T).reshape(T, spec.n_kv_heads, -1)
+            h = rms_norm(x, w[hf_name("attn_norm", i)], spec.norm_eps)
+            q = (h @ w[hf_name("wq", i)].T).reshape(T, spec.n_heads, spec.head_dim)
+            k = (h @ w[hf_name("wk", i)].T).reshape(T, spec.n_kv_heads, -1)
+            v = (h @ w[hf_name("wv", i)].T).reshape(T, spec.n_kv_heads, -1)
             q, k = rotate(q, positions, freqs), rotate(k, positions, freqs)
             y = attention(q, k, v, spec.kv_groups).reshape(T, spec.dim)
-            x = x + y @ w[p + "self_attn.o_proj.weight"].T
-            h = rms_norm(x, w[p + "post_attention_layernorm.weight"], spec.norm_eps)
-            gate = h @ w[p + "mlp.gate_proj.weight"].T
-            up = h @ w[p + "mlp.up_proj.weight"].T
-            x = x + (silu(gate) * up) @ w[p + "mlp.down_proj.weight"].T
-        x = rms_norm(x, w["model.norm.weight"], spec.norm_eps)
-        head = w["model.embed_tokens.weight" if spec.tie_embeddings else "lm_head.weight"]
+            x = x + y @ w[hf_name("wo", i)].T
+            h = rms_norm(x, w[hf_name("mlp_norm", i)], spec.norm_eps)
+            gate = h @ w[hf_name("w_gate", i)].T
+            up = h @ w[hf_name("w_up", i)].T
+            x = x + (silu(gate) * up) @ w[hf_name("w_down", i)].T
+        x = rms_norm(x, w[hf_name("norm")], spec.norm_eps)
+        head = w[hf_name("embed" if spec.tie_embeddings else "lm_head")]
         batch.append(x @ head.T)
     return np.stack(batch)
 

@@ -20,6 +20,7 @@ replaced only with --force, and never when it is the checkpoint being read.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import tempfile
@@ -39,27 +40,73 @@ N_KV_HEADS = 32
 HEAD_DIM = 128
 TIE_EMBEDDINGS = False
 
-# Hugging Face name -> Cerebras name; {i} is the layer index.
-LAYER_NAMES = {
-    "model.layers.{i}.self_attn.q_proj.weight": "transformer_decoder.layers.{i}.self_attn.proj_q_dense_layer.weight",
-    "model.layers.{i}.self_attn.k_proj.weight": "transformer_decoder.layers.{i}.self_attn.proj_k_dense_layer.weight",
-    "model.layers.{i}.self_attn.v_proj.weight": "transformer_decoder.layers.{i}.self_attn.proj_v_dense_layer.weight",
-    "model.layers.{i}.self_attn.o_proj.weight": "transformer_decoder.layers.{i}.self_attn.proj_output_dense_layer.weight",
-    "model.layers.{i}.mlp.up_proj.weight": "transformer_decoder.layers.{i}.ffn.ffn.0.linear_layer.weight",
-    "model.layers.{i}.mlp.gate_proj.weight": "transformer_decoder.layers.{i}.ffn.ffn.0.linear_layer_for_glu.weight",
-    "model.layers.{i}.mlp.down_proj.weight": "transformer_decoder.layers.{i}.ffn.ffn.1.linear_layer.weight",
-    "model.layers.{i}.input_layernorm.weight": "transformer_decoder.layers.{i}.norm1.weight",
-    "model.layers.{i}.post_attention_layernorm.weight": "transformer_decoder.layers.{i}.norm3.weight",
+# Every tensor, from the compiler's weight table: Hugging Face name -> (Cerebras name, shape,
+# heads whose q/k rows are permuted between the RoPE layouts, or None); {i} is the layer index.
+SIZES = {
+    "vocab_size": 32000,
+    "dim": 4096,
+    "n_heads": 32,
+    "n_kv_heads": 32,
+    "head_dim": 128,
+    "hidden_dim": 11008,
+    "n_layers": 32,
 }
-GLOBAL_NAMES = {
-    "model.embed_tokens.weight": "embedding_layer.word_embeddings.weight",
-    "model.norm.weight": "transformer_decoder.norm.weight",
-    "lm_head.weight": "lm_head.weight",
+WEIGHTS = {
+    "model.embed_tokens.weight": (
+        "embedding_layer.word_embeddings.weight",
+        (SIZES["vocab_size"], SIZES["dim"]),
+        None,
+    ),
+    "model.layers.{i}.input_layernorm.weight": (
+        "transformer_decoder.layers.{i}.norm1.weight",
+        (SIZES["dim"],),
+        None,
+    ),
+    "model.layers.{i}.self_attn.q_proj.weight": (
+        "transformer_decoder.layers.{i}.self_attn.proj_q_dense_layer.weight",
+        (SIZES["n_heads"] * SIZES["head_dim"], SIZES["dim"]),
+        SIZES["n_heads"],
+    ),
+    "model.layers.{i}.self_attn.k_proj.weight": (
+        "transformer_decoder.layers.{i}.self_attn.proj_k_dense_layer.weight",
+        (SIZES["n_kv_heads"] * SIZES["head_dim"], SIZES["dim"]),
+        SIZES["n_kv_heads"],
+    ),
+    "model.layers.{i}.self_attn.v_proj.weight": (
+        "transformer_decoder.layers.{i}.self_attn.proj_v_dense_layer.weight",
+        (SIZES["n_kv_heads"] * SIZES["head_dim"], SIZES["dim"]),
+        None,
+    ),
+    "model.layers.{i}.self_attn.o_proj.weight": (
+        "transformer_decoder.layers.{i}.self_attn.proj_output_dense_layer.weight",
+        (SIZES["dim"], SIZES["n_heads"] * SIZES["head_dim"]),
+        None,
+    ),
+    "model.layers.{i}.post_attention_layernorm.weight": (
+        "transformer_decoder.layers.{i}.norm3.weight",
+        (SIZES["dim"],),
+        None,
+    ),
+    "model.layers.{i}.mlp.gate_proj.weight": (
+        "transformer_decoder.layers.{i}.ffn.ffn.0.linear_layer_for_glu.weight",
+        (SIZES["hidden_dim"], SIZES["dim"]),
+        None,
+    ),
+    "model.layers.{i}.mlp.up_proj.weight": (
+        "transformer_decoder.layers.{i}.ffn.ffn.0.linear_layer.weight",
+        (SIZES["hidden_dim"], SIZES["dim"]),
+        None,
+    ),
+    "model.layers.{i}.mlp.down_proj.weight": (
+        "transformer_decoder.layers.{i}.ffn.ffn.1.linear_layer.weight",
+        (SIZES["dim"], SIZES["hidden_dim"]),
+        None,
+    ),
+    "model.norm.weight": ("transformer_decoder.norm.weight", (SIZES["dim"],), None),
+    "lm_head.weight": ("lm_head.weight", (SIZES["vocab_size"], SIZES["dim"]), None),
 }
 # Second names of shared tensors in a Cerebras checkpoint -> the name that owns the tensor.
-CS_ALIASES = {
-    "ln_f.weight": "transformer_decoder.norm.weight",
-}
+CS_ALIASES = {"ln_f.weight": "transformer_decoder.norm.weight"}
 HF_CONFIG = {
     "architectures": ["LlamaForCausalLM"],
     "model_type": "llama",
@@ -81,52 +128,55 @@ HF_CONFIG = {
     "initializer_range": 0.02,
     "torch_dtype": "float32",
 }
-# What a config.json beside Hugging Face weights must say (checkpoint_files.check_hf_config).
+# What a config.json beside Hugging Face weights must say (checkpoint_files.check_hf_config),
+# and transformers' defaults for the keys it may omit: the compiler reads config.json by these.
 HF_CONFIG_VALUES = {
     "vocab_size": 32000,
     "hidden_size": 4096,
-    "num_hidden_layers": N_LAYERS,
-    "num_attention_heads": N_HEADS,
-    "num_key_value_heads": N_KV_HEADS,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
     "intermediate_size": 11008,
     "rms_norm_eps": 1e-06,
     "rope_theta": 10000.0,
+    "tie_word_embeddings": False,
     "rope_scaling": {"type": "none"},
-    "tie_word_embeddings": TIE_EMBEDDINGS,
+}
+HF_DEFAULTS = {
+    "vocab_size": None,
+    "hidden_size": None,
+    "intermediate_size": None,
+    "num_hidden_layers": None,
+    "num_attention_heads": None,
+    "num_key_value_heads": {"same_as": "num_attention_heads"},
+    "hidden_act": "silu",
+    "max_position_embeddings": 2048,
+    "initializer_range": 0.02,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": False,
+    "attention_bias": False,
+    "mlp_bias": False,
 }
 
 
-def hf_to_cs_names() -> dict[str, str]:
-    names = {
-        hf.format(i=i): cs.format(i=i) for i in range(N_LAYERS) for hf, cs in LAYER_NAMES.items()
+@functools.cache
+def weight_table() -> dict[str, tuple[str, tuple[int, ...], int | None]]:
+    """WEIGHTS with every layer spelled out (once; read-only)."""
+    return {
+        hf.format(i=i): (cs.format(i=i), shape, heads)
+        for hf, (cs, shape, heads) in WEIGHTS.items()
+        for i in (range(N_LAYERS) if "{i}" in hf else [0])
     }
-    return names | GLOBAL_NAMES
+
+
+def hf_to_cs_names() -> dict[str, str]:
+    return {hf: cs for hf, (cs, _, _) in weight_table().items()}
 
 
 def hf_shapes() -> dict[str, tuple[int, ...]]:
     """Every Hugging Face tensor of this model with its shape (Cerebras tensors have the same)."""
-    d, f, kv, vocab = (
-        HF_CONFIG_VALUES["hidden_size"],
-        HF_CONFIG_VALUES["intermediate_size"],
-        N_KV_HEADS * HEAD_DIM,
-        HF_CONFIG_VALUES["vocab_size"],
-    )
-    layer = {
-        "input_layernorm": (d,), "post_attention_layernorm": (d,),
-        "self_attn.q_proj": (N_HEADS * HEAD_DIM, d), "self_attn.k_proj": (kv, d), "self_attn.v_proj": (kv, d),
-        "self_attn.o_proj": (d, N_HEADS * HEAD_DIM), "mlp.gate_proj": (f, d), "mlp.up_proj": (f, d), "mlp.down_proj": (d, f),
-    }  # fmt: skip
-    shapes = {
-        f"model.layers.{i}.{name}.weight": shape
-        for i in range(N_LAYERS)
-        for name, shape in layer.items()
-    }
-    shapes |= {
-        "model.embed_tokens.weight": (vocab, d),
-        "model.norm.weight": (d,),
-        "lm_head.weight": (vocab, d),
-    }
-    return {name: shapes[name] for name in hf_to_cs_names()}
+    return {hf: shape for hf, (_, shape, _) in weight_table().items()}
 
 
 def check_shapes(tensors: dict[str, Tensor], names: dict[str, str]) -> None:
@@ -142,11 +192,7 @@ def check_shapes(tensors: dict[str, Tensor], names: dict[str, str]) -> None:
 
 def rope_heads(hf_name: str) -> int | None:
     """Heads whose q/k rows differ between the RoPE layouts; None for every other tensor."""
-    if hf_name.endswith("self_attn.q_proj.weight"):
-        return N_HEADS
-    if hf_name.endswith("self_attn.k_proj.weight"):
-        return N_KV_HEADS
-    return None
+    return weight_table()[hf_name][2]
 
 
 def half_to_interleaved(w: Tensor, n_heads: int) -> Tensor:
@@ -216,7 +262,7 @@ def load_safetensors(files: list[Path]) -> dict[str, Tensor]:
 def load_hf(path: Path) -> dict[str, Tensor]:
     """A Hugging Face folder (single or sharded safetensors, config.json checked) or one file."""
     if path.is_dir() and (path / "config.json").is_file():
-        check_hf_config(path / "config.json", HF_CONFIG_VALUES)
+        check_hf_config(path / "config.json", HF_CONFIG_VALUES, HF_DEFAULTS)
     return load_safetensors(checkpoint_files(path)[1])
 
 

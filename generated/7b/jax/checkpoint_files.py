@@ -407,28 +407,35 @@ def hf_rope_scaling(config: dict, where: str) -> dict:
     return {"type": kind, **{name: params[name] for name in ROPE_KEYS[kind]}}
 
 
-def check_hf_config(path: Path, model: dict) -> None:
+def hf_config_view(config: dict, where: str, defaults: dict) -> dict:
+    """The keys of `defaults` as transformers reads them from a LlamaConfig dict: an absent or
+    null key takes its default ({"same_as": key}: that key's value, as num_key_value_heads takes
+    num_attention_heads; None: no default), rope_theta comes from 5.x `rope_parameters` when that
+    holds one, and rope_scaling is as hf_rope_scaling gives it (malformed: CheckpointError)."""
+    rope = config.get("rope_parameters")
+    view: dict = {}
+    for key, default in defaults.items():
+        value = config.get(key)
+        if key == "rope_theta" and isinstance(rope, dict) and rope.get(key) is not None:
+            value = rope[key]
+        if value is None:
+            value = view.get(default["same_as"]) if isinstance(default, dict) else default
+        view[key] = value
+    view["rope_scaling"] = hf_rope_scaling(config, where)
+    return view
+
+
+def check_hf_config(path: Path, model: dict, defaults: dict) -> None:
     """Refuse a config.json that describes another model: `model` maps transformers config keys
     (hidden_size, rms_norm_eps, rope_theta, rope_scaling as hf_rope_scaling gives it, ...) to the
-    model's values; one CheckpointError lists every mismatch."""
-    config, where = read_json(path), shown(path)
-    rope = config.get("rope_parameters")
-    theirs = {
-        "vocab_size": config.get("vocab_size"),
-        "hidden_size": config.get("hidden_size"),
-        "num_hidden_layers": config.get("num_hidden_layers"),
-        "num_attention_heads": config.get("num_attention_heads"),
-        "num_key_value_heads": config.get("num_key_value_heads", config.get("num_attention_heads")),
-        "intermediate_size": config.get("intermediate_size"),
-        "rms_norm_eps": config.get("rms_norm_eps"),
-        "rope_theta": (rope if isinstance(rope, dict) else config).get("rope_theta", 10000.0),
-        "rope_scaling": hf_rope_scaling(config, where),
-        "tie_word_embeddings": config.get("tie_word_embeddings", False),
-    }
+    model's values, `defaults` holds transformers' defaults for omitted keys (hf_config_view);
+    one CheckpointError lists every mismatch."""
+    where = shown(path)
+    theirs = hf_config_view(read_json(path), where, defaults)
     mismatched = [
-        f"{key} {shown(repr(theirs[key]))[:80]} (model has {want!r})"
+        f"{key} {shown(repr(theirs.get(key)))[:80]} (model has {want!r})"
         for key, want in model.items()
-        if theirs[key] != want
+        if theirs.get(key) != want
     ]
     if mismatched:
         raise CheckpointError(f"{where} describes another model: " + ", ".join(mismatched))

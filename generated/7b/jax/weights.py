@@ -22,7 +22,8 @@ from .model import CONFIG, Config, Params
 
 DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": jnp.bfloat16}
 
-# Hugging Face `LlamaForCausalLM` names of the params; layer weights are stacked over {i}.
+# Hugging Face `LlamaForCausalLM` names of the params (the compiler's weight table); layer weights
+# are stacked over {i}.
 HF_NAMES = {
     "embed": "model.embed_tokens.weight",
     "norm": "model.norm.weight",
@@ -39,11 +40,15 @@ HF_LAYER_NAMES = {
     "w_up": "model.layers.{i}.mlp.up_proj.weight",
     "w_down": "model.layers.{i}.mlp.down_proj.weight",
 }
+# Params held (in, out), the transpose of Hugging Face's (out, in); the embedding is a lookup table.
+TRANSPOSED = frozenset(["wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down", "lm_head"])
+# Params a model with tied embeddings does not have (the embedding serves).
+TIED_ABSENT = frozenset(["lm_head"])
 
 
 def hf_layout(name: str, array: np.ndarray) -> np.ndarray:
-    """Our (in, out) matrices are HF's (out, in) transposed; the embedding and norms are the same."""
-    return array.T if array.ndim == 2 and name != "embed" else array
+    """Param `name` (one layer's slice for layer weights) in Hugging Face's layout, or back."""
+    return array.T if name in TRANSPOSED else array
 
 
 def load_checkpoint(path: str | Path, config: Config = CONFIG) -> Params:
@@ -54,7 +59,7 @@ def load_checkpoint(path: str | Path, config: Config = CONFIG) -> Params:
     """
     path = Path(path)
     if path.is_dir() and (path / "config.json").is_file():
-        check_hf_config(path / "config.json", hf_config_values(config))
+        check_hf_config(path / "config.json", hf_config_values(config), HF_DEFAULTS)
     tensors = read_safetensors(checkpoint_files(path)[1], expected_shapes(config))
 
     dtype = jnp.dtype(config.dtype)
@@ -87,28 +92,35 @@ def to_hf(params: Params) -> dict[str, np.ndarray]:
     return tensors
 
 
+def hf_shapes(config: Config) -> dict[str, tuple[int, ...]]:
+    """The Hugging Face shape of each param (of one layer, for layer weights)."""
+    return {
+        "embed": (config.vocab_size, config.dim),
+        "attn_norm": (config.dim,),
+        "wq": (config.n_heads * config.head_dim, config.dim),
+        "wk": (config.n_kv_heads * config.head_dim, config.dim),
+        "wv": (config.n_kv_heads * config.head_dim, config.dim),
+        "wo": (config.dim, config.n_heads * config.head_dim),
+        "mlp_norm": (config.dim,),
+        "w_gate": (config.hidden_dim, config.dim),
+        "w_up": (config.hidden_dim, config.dim),
+        "w_down": (config.dim, config.hidden_dim),
+        "norm": (config.dim,),
+        "lm_head": (config.vocab_size, config.dim),
+    }
+
+
 def expected_shapes(config: Config) -> dict[str, tuple[int, ...]]:
     """Every tensor the checkpoint must hold, with its Hugging Face shape."""
-    D, F = config.dim, config.hidden_dim
-    q_size, kv_size = config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
-    shapes = {"model.embed_tokens.weight": (config.vocab_size, D), "model.norm.weight": (D,)}
-    if not config.tie_embeddings:
-        shapes["lm_head.weight"] = (config.vocab_size, D)
-    layer_shapes = {
-        "attn_norm": (D,),
-        "wq": (q_size, D),
-        "wk": (kv_size, D),
-        "wv": (kv_size, D),
-        "wo": (D, q_size),
-        "mlp_norm": (D,),
-        "w_gate": (F, D),
-        "w_up": (F, D),
-        "w_down": (D, F),
+    shapes = hf_shapes(config)
+    expected = {
+        hf_name: shapes[name]
+        for name, hf_name in HF_NAMES.items()
+        if not (config.tie_embeddings and name in TIED_ABSENT)
     }
-    for i in range(config.n_layers):
-        for name, shape in layer_shapes.items():
-            shapes[HF_LAYER_NAMES[name].format(i=i)] = shape
-    return shapes
+    for name, hf_name in HF_LAYER_NAMES.items():
+        expected |= {hf_name.format(i=i): shapes[name] for i in range(config.n_layers)}
+    return expected
 
 
 def read_safetensors(
@@ -172,6 +184,26 @@ def hf_config_values(config: Config) -> dict[str, object]:
         "intermediate_size": config.hidden_dim,
         "rms_norm_eps": config.norm_eps,
         "rope_theta": config.rope_theta,
-        "rope_scaling": {"type": "none"},
         "tie_word_embeddings": config.tie_embeddings,
+        "rope_scaling": {"type": "none"},
     }
+
+
+# transformers' defaults for keys a config.json may omit (checkpoint_files.hf_config_view): the
+# compiler reads config.json by the same table, so a folder it builds from always loads.
+HF_DEFAULTS = {
+    "vocab_size": None,
+    "hidden_size": None,
+    "intermediate_size": None,
+    "num_hidden_layers": None,
+    "num_attention_heads": None,
+    "num_key_value_heads": {"same_as": "num_attention_heads"},
+    "hidden_act": "silu",
+    "max_position_embeddings": 2048,
+    "initializer_range": 0.02,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": False,
+    "attention_bias": False,
+    "mlp_bias": False,
+}

@@ -101,8 +101,8 @@ def apply_tensor_parallel(
             )  # attention's (x, cos, sin, start_pos): gather x's sequence
             layer_plan |= {
                 "input_layernorm": SequenceParallel(),
-                "self_attn": gather_x,
                 "post_attention_layernorm": SequenceParallel(),
+                "self_attn": gather_x,
                 "mlp": PrepareModuleInput(
                     input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)
                 ),

@@ -44,7 +44,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
         shapes, read = meta_reader(path, model.args)
     else:
         if path.is_dir() and (path / "config.json").is_file():
-            check_hf_config(path / "config.json", hf_config_values(model.args))
+            check_hf_config(path / "config.json", hf_config_values(model.args), HF_DEFAULTS)
         shapes, read = safetensors_reader(checkpoint_files(path)[1])
     expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
     check_names_and_shapes(expected, shapes)
@@ -117,45 +117,57 @@ def hf_config_values(args: ModelArgs) -> dict[str, object]:
         "intermediate_size": args.hidden_dim,
         "rms_norm_eps": args.norm_eps,
         "rope_theta": args.rope_theta,
-        "rope_scaling": {"type": "none"},
         "tie_word_embeddings": args.tie_embeddings,
+        "rope_scaling": {"type": "none"},
     }
 
 
-# Meta names -> Hugging Face names; layer index captured as {i}.
-META_TO_HF = {
-    "tok_embeddings.weight": "model.embed_tokens.weight",
-    "norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-    "layers.{i}.attention.wq.weight": "model.layers.{i}.self_attn.q_proj.weight",
-    "layers.{i}.attention.wk.weight": "model.layers.{i}.self_attn.k_proj.weight",
-    "layers.{i}.attention.wv.weight": "model.layers.{i}.self_attn.v_proj.weight",
-    "layers.{i}.attention.wo.weight": "model.layers.{i}.self_attn.o_proj.weight",
-    "layers.{i}.feed_forward.w1.weight": "model.layers.{i}.mlp.gate_proj.weight",
-    "layers.{i}.feed_forward.w2.weight": "model.layers.{i}.mlp.down_proj.weight",
-    "layers.{i}.feed_forward.w3.weight": "model.layers.{i}.mlp.up_proj.weight",
-    "layers.{i}.attention_norm.weight": "model.layers.{i}.input_layernorm.weight",
-    "layers.{i}.ffn_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
-}
-# Model-parallel shards of Meta checkpoints are split along these dims; others are replicated.
-META_SHARD_DIM = {
-    "tok_embeddings": 1,
-    "output": 0,
-    "wq": 0,
-    "wk": 0,
-    "wv": 0,
-    "wo": 1,
-    "w1": 0,
-    "w2": 1,
-    "w3": 0,
+# transformers' defaults for keys a config.json may omit (checkpoint_files.hf_config_view): the
+# compiler reads config.json by the same table, so a folder it builds from always loads.
+HF_DEFAULTS = {
+    "vocab_size": None,
+    "hidden_size": None,
+    "intermediate_size": None,
+    "num_hidden_layers": None,
+    "num_attention_heads": None,
+    "num_key_value_heads": {"same_as": "num_attention_heads"},
+    "hidden_act": "silu",
+    "max_position_embeddings": 2048,
+    "initializer_range": 0.02,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": False,
+    "attention_bias": False,
+    "mlp_bias": False,
 }
 
 
-def hf_name(meta_name: str) -> str | None:
+# Meta name -> (Hugging Face name, dim its model-parallel shards are split along or None,
+# ModelArgs attribute counting the heads whose q/k rows are interleaved or None); {i}: layer index.
+META_WEIGHTS = {
+    "tok_embeddings.weight": ("model.embed_tokens.weight", 1, None),
+    "layers.{i}.attention_norm.weight": ("model.layers.{i}.input_layernorm.weight", None, None),
+    "layers.{i}.attention.wq.weight": ("model.layers.{i}.self_attn.q_proj.weight", 0, "n_heads"),
+    "layers.{i}.attention.wk.weight": ("model.layers.{i}.self_attn.k_proj.weight", 0, "n_kv_heads"),
+    "layers.{i}.attention.wv.weight": ("model.layers.{i}.self_attn.v_proj.weight", 0, None),
+    "layers.{i}.attention.wo.weight": ("model.layers.{i}.self_attn.o_proj.weight", 1, None),
+    "layers.{i}.ffn_norm.weight": ("model.layers.{i}.post_attention_layernorm.weight", None, None),
+    "layers.{i}.feed_forward.w1.weight": ("model.layers.{i}.mlp.gate_proj.weight", 0, None),
+    "layers.{i}.feed_forward.w3.weight": ("model.layers.{i}.mlp.up_proj.weight", 0, None),
+    "layers.{i}.feed_forward.w2.weight": ("model.layers.{i}.mlp.down_proj.weight", 1, None),
+    "norm.weight": ("model.norm.weight", None, None),
+    "output.weight": ("lm_head.weight", 0, None),
+}
+
+
+def meta_weight(meta_name: str) -> tuple[str, int | None, str | None] | None:
+    """META_WEIGHTS' entry for one Meta tensor name, the layer index filled in; None if unknown."""
     layer = re.match(r"layers\.(\d+)\.", meta_name)
     key = meta_name.replace(layer.group(0), "layers.{i}.", 1) if layer else meta_name
-    target = META_TO_HF.get(key)
-    return target.replace("{i}", layer.group(1)) if target and layer else target
+    if key not in META_WEIGHTS:
+        return None
+    hf, dim, heads = META_WEIGHTS[key]
+    return (hf.replace("{i}", layer.group(1)) if layer else hf), dim, heads
 
 
 def interleaved_to_half(w: Tensor, n_heads: int, head_dim: int) -> Tensor:
@@ -216,9 +228,10 @@ def check_meta_params(path: Path, args: ModelArgs) -> None:
         raise CheckpointError(f"{shown(path)} describes another model: " + ", ".join(mismatched))
 
 
-def join_meta_shards(files: list[Path], meta_name: str, parts: list[Tensor]) -> Tensor:
+def join_meta_shards(
+    files: list[Path], meta_name: str, parts: list[Tensor], dim: int | None
+) -> Tensor:
     """One tensor from its model-parallel pieces (concatenated along its split dim, if any)."""
-    dim = META_SHARD_DIM.get(meta_name.split(".")[-2]) if "." in meta_name else None
     if len(parts) == 1 or dim is None:
         return parts[0]
     try:
@@ -246,12 +259,10 @@ def meta_reader(path: Path, args: ModelArgs) -> tuple[dict[str, tuple[int, ...]]
     for meta_name in shards[0]:
         if meta_name == "rope.freqs":  # LLaMA 1 stores its RoPE frequencies; we compute ours
             continue
-        tensor = join_meta_shards(files, meta_name, [shard[meta_name] for shard in shards])
-        name = hf_name(meta_name) or meta_name
-        heads = {"q_proj": args.n_heads, "k_proj": args.n_kv_heads}.get(
-            name.split(".")[-2] if "." in name else ""
-        )
-        if heads is not None:
+        name, dim, heads_attribute = meta_weight(meta_name) or (meta_name, None, None)
+        tensor = join_meta_shards(files, meta_name, [shard[meta_name] for shard in shards], dim)
+        if heads_attribute is not None:
+            heads = getattr(args, heads_attribute)
             if tensor.ndim != 2 or tensor.shape[0] != heads * args.head_dim:
                 raise CheckpointError(
                     f"{shown(path)}: tensor {meta_name!r} has shape {list(tensor.shape)}, the model needs {heads * args.head_dim} rows"
