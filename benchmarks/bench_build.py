@@ -50,7 +50,7 @@ def rows() -> list[Row]:
             "target",
             "s",
             higher_is_better=False,
-        ),  # fmt: skip
+        ),
         Row(
             "build 65b, all targets: peak RSS",
             int(peak_kib) / 1024,
@@ -58,7 +58,7 @@ def rows() -> list[Row]:
             "fp32 weights",
             "MiB",
             higher_is_better=False,
-        ),  # fmt: skip
+        ),
     ]
 
 

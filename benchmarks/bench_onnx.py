@@ -124,7 +124,7 @@ def rows(steps: int = 32, repeat: int = 5) -> list[Row]:
             label,
             "tok/s",
             limit_share=flops / prefill_s["ours"] / gemm,
-        )  # fmt: skip
+        )
         for key, label in (
             ("torch", "torch eager, emitted"),
             ("export", "ORT on torch.onnx.export"),

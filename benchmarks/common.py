@@ -22,9 +22,15 @@ if TYPE_CHECKING:
     from spec import ModelSpec
 
 # The CPU benchmark model of issues 3, 4 and 7 (a small LLaMA with a real vocabulary).
-BENCH_SPEC = dict(
-    name="bench", vocab_size=32000, dim=512, n_layers=8, n_heads=8, ffn_dim=1408, max_seq_len=512
-)
+BENCH_SPEC = {
+    "name": "bench",
+    "vocab_size": 32000,
+    "dim": 512,
+    "n_layers": 8,
+    "n_heads": 8,
+    "ffn_dim": 1408,
+    "max_seq_len": 512,
+}
 BATCH, SEQ = 4, 256
 
 

@@ -186,7 +186,9 @@ def derived_numbers(spec: ModelSpec) -> dict[str, Any]:
 
 @main.command("show")
 @spec_source
-@click.option("--json", "as_json", is_flag=True, help="Print the full spec and derived values as JSON.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the full spec and derived values as JSON."
+)
 @click.option(
     "--as-spec",
     is_flag=True,

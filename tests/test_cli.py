@@ -48,7 +48,10 @@ def test_build_check_and_rebuild(tmp_path):
     assert run("build", "--size", "tiny", "--target", "torch", "--out", str(out)).output.startswith(
         "unchanged"
     )
-    assert run("build", "--size", "tiny", "--target", "torch", "--out", str(out), "--check").exit_code == 0
+    assert (
+        run("build", "--size", "tiny", "--target", "torch", "--out", str(out), "--check").exit_code
+        == 0
+    )
     (out / "torch" / "model.py").write_text("# edited\n")
     (out / "torch" / "stray.py").write_text("")
     checked = CliRunner().invoke(
@@ -110,10 +113,22 @@ def test_invalid_spec_file_names_the_field(tmp_path):
 
 def test_module_entry_point_builds_7b(tmp_path):
     completed = subprocess.run(
-        [sys.executable, "-m", "codegen", "build", "--size", "7b", "--target", "torch",
-         "--out", str(tmp_path)],  # fmt: skip
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "codegen",
+            "build",
+            "--size",
+            "7b",
+            "--target",
+            "torch",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert completed.stdout.startswith(f"wrote {tmp_path / 'torch'}")
     assert (tmp_path / "torch" / "model.py").is_file()
 

@@ -16,9 +16,7 @@ VARIANTS = {
     "7b": (get_preset("7b"), BuildOptions()),
     "llama3-rope-bf16": (get_preset("tiny-llama3"), BuildOptions(dtype=DType.bfloat16)),
     "linear-rope-tied": (
-        get_preset("tiny-gqa").model_copy(
-            update={"rope_scaling": LinearRopeScaling(factor=4.0)}
-        ),
+        get_preset("tiny-gqa").model_copy(update={"rope_scaling": LinearRopeScaling(factor=4.0)}),
         BuildOptions(),
     ),
 }

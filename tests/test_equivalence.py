@@ -17,11 +17,7 @@ from codegen.verifier.oracle import TOLERANCE
 from codegen.verifier.runners import ADAPTERS
 from tests.strategies import tiny_specs, token_batches
 
-CASES = [
-    (target, dtype)
-    for target, factory in ADAPTERS.items()
-    for dtype in factory().dtypes
-]
+CASES = [(target, dtype) for target, factory in ADAPTERS.items() for dtype in factory().dtypes]
 
 
 def load_runner(target: str, dtype: str, spec, weights, workdir: Path):

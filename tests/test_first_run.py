@@ -19,8 +19,8 @@ from click.testing import CliRunner
 
 from codegen.build import read_tree
 from codegen.cli import main
-from spec import PRESETS, ModelSpec, TrainingSpec, get_preset, load_spec
 from codegen.verifier.checkpoints import random_weights, save_hf_checkpoint
+from spec import PRESETS, ModelSpec, TrainingSpec, get_preset, load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -270,8 +270,12 @@ def test_show_json_output_is_a_spec_file_of_the_same_model(tmp_path):
     inputs are accepted, so the build equals the preset's byte for byte."""
     path = tmp_path / "m.yaml"
     path.write_text(run_cli("show", "--size", "tiny", "--json").output)
-    from_file = run_cli("build", "--spec", str(path), "--target", "torch", "--out", str(tmp_path / "a"))
-    from_preset = run_cli("build", "--size", "tiny", "--target", "torch", "--out", str(tmp_path / "b"))
+    from_file = run_cli(
+        "build", "--spec", str(path), "--target", "torch", "--out", str(tmp_path / "a")
+    )
+    from_preset = run_cli(
+        "build", "--size", "tiny", "--target", "torch", "--out", str(tmp_path / "b")
+    )
     assert from_file.exit_code == 0 and from_preset.exit_code == 0
     assert read_tree(tmp_path / "a" / "torch") == read_tree(tmp_path / "b" / "torch")
 

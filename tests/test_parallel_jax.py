@@ -318,6 +318,5 @@ def test_cli_parallel_file_sets_the_emitted_defaults(tmp_path):
     assert manifest["options"]["parallel"]["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
 
 
-
 if __name__ == "__main__":
     worker(json.loads(sys.argv[1]), Path(sys.argv[2]))

@@ -48,21 +48,42 @@ wrong_types = st.sampled_from(NUMERIC + ["name", "tie_embeddings", "rope_scaling
 missing_keys = st.sampled_from(sorted(set(VALID) - {"name"})).map(
     lambda key: {k: v for k, v in VALID.items() if k != key}
 )
-unknown_keys = st.text(min_size=1, max_size=20).filter(lambda k: k not in VALID and k not in NUMERIC
-                       and k not in {"training", "rope_scaling", "dtype", "tie_embeddings",
-                                     "ffn_dim_multiplier"}).map(  # fmt: skip
-    lambda key: {**VALID, key: 1}
+unknown_keys = (
+    st.text(min_size=1, max_size=20)
+    .filter(
+        lambda k: (
+            k not in VALID
+            and k not in NUMERIC
+            and k
+            not in {"training", "rope_scaling", "dtype", "tie_embeddings", "ffn_dim_multiplier"}
+        )
+    )
+    .map(lambda key: {**VALID, key: 1})
 )
 bad_numbers = st.tuples(
-    st.sampled_from(["vocab_size", "dim", "n_layers", "n_heads", "max_seq_len", "norm_eps",
-                     "rope_theta", "init_std"]),  # fmt: skip
+    st.sampled_from(
+        [
+            "vocab_size",
+            "dim",
+            "n_layers",
+            "n_heads",
+            "max_seq_len",
+            "norm_eps",
+            "rope_theta",
+            "init_std",
+        ]
+    ),
     st.sampled_from([0, -1, -(2**40), 2**63, math.nan, math.inf, -math.inf]),
 ).map(lambda kv: {**VALID, kv[0]: kv[1]})
-bad_names = st.text(min_size=1, max_size=30).filter(
-    lambda s: not all(c.isascii() and (c.isalnum() or c in "._-") for c in s) or s[0] in "._-"
-).map(lambda name: {**VALID, "name": name})
-non_divisible = st.integers(1, 64).filter(lambda h: 64 % h).map(
-    lambda heads: {**VALID, "n_heads": heads}
+bad_names = (
+    st.text(min_size=1, max_size=30)
+    .filter(
+        lambda s: not all(c.isascii() and (c.isalnum() or c in "._-") for c in s) or s[0] in "._-"
+    )
+    .map(lambda name: {**VALID, "name": name})
+)
+non_divisible = (
+    st.integers(1, 64).filter(lambda h: 64 % h).map(lambda heads: {**VALID, "n_heads": heads})
 )
 
 
@@ -73,9 +94,9 @@ def _yaml_text(data: dict) -> str:
 special_files = st.sampled_from([
     "name: x\nvocab_size: !!python/object/apply:os.system ['touch /tmp/pwned']\n",
     "!!python/object:__main__.Spec {name: x}\n",
-    "a: &a [1, 1, 1, 1, 1, 1, 1, 1]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n"
+    ("a: &a [1, 1, 1, 1, 1, 1, 1, 1]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n"
     "c: &c [*b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c]\n"
-    "name: bomb\nvocab_size: *d\ndim: 64\nn_layers: 2\nn_heads: 4\n",
+    "name: bomb\nvocab_size: *d\ndim: 64\nn_layers: 2\nn_heads: 4\n"),
     "[" * 100_000 + "]" * 100_000,
     "name: x\n" + "dim: 1\n" * 3,  # duplicate keys (YAML takes the last, then it is incomplete)
     "\x00\x01\x02 binary",
@@ -87,8 +108,9 @@ special_files = st.sampled_from([
 @settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "40")))
 @given(
     content=st.one_of(
-        st.one_of(wrong_types, missing_keys, unknown_keys, bad_numbers, bad_names, non_divisible)
-        .map(_yaml_text),
+        st.one_of(
+            wrong_types, missing_keys, unknown_keys, bad_numbers, bad_names, non_divisible
+        ).map(_yaml_text),
         special_files,
     ),
     suffix=st.sampled_from([".yaml", ".json.yaml"]),
@@ -132,7 +154,7 @@ INJECTIONS = [
     "x'\n__import__('os').system('id')\n#",
     "x\nmodel:\n  name: evil",
     "x}} {{ 7*7 }}",
-    "x\" /> <evil",
+    'x" /> <evil',
     "name with spaces",
 ]
 
@@ -207,7 +229,9 @@ def test_killed_builds_leave_old_or_new_output_never_a_partial_one(tmp_path):
 def _mount_tmpfs(path: Path, options: str) -> None:
     path.mkdir()
     completed = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+        capture_output=True,
+        check=False,
     )
     if completed.returncode != 0:
         pytest.skip(f"needs mount(8) with root rights for a tmpfs: {completed.stderr.decode()}")
@@ -245,11 +269,23 @@ def test_identical_across_hash_seeds_and_working_directories(tmp_path):
     for seed, cwd in [("0", ROOT), ("12345", tmp_path)]:
         out = tmp_path / f"out-{seed}"
         subprocess.run(
-            [sys.executable, "-m", "codegen", "build", "--size", "7b", "--target", "all",
-             "--out", str(out)],  # fmt: skip
-            cwd=cwd, env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(ROOT)},
-            check=True, capture_output=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "codegen",
+                "build",
+                "--size",
+                "7b",
+                "--target",
+                "all",
+                "--out",
+                str(out),
+            ],
+            cwd=cwd,
+            env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(ROOT)},
+            check=True,
+            capture_output=True,
+        )
         outputs.append({p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()})
     assert outputs[0] == outputs[1]
 

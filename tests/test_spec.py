@@ -85,7 +85,7 @@ def test_flops_and_memory():
     assert s.train_bytes_adamw == 16 * s.param_count
 
 
-BASE = dict(name="t", vocab_size=100, dim=64, n_layers=2, n_heads=4)
+BASE = {"name": "t", "vocab_size": 100, "dim": 64, "n_layers": 2, "n_heads": 4}
 
 
 @pytest.mark.parametrize(
@@ -101,9 +101,19 @@ BASE = dict(name="t", vocab_size=100, dim=64, n_layers=2, n_heads=4)
         ({"ffn_dim": 100, "multiple_of": 16}, "ffn_dim", "Meta's rule"),
         ({"norm_eps": float("nan")}, "norm_eps", "finite"),
         ({"name": "x; import os"}, "name", "pattern"),
-        ({"rope_scaling": {"type": "llama3", "factor": 8, "low_freq_factor": 4,
-                           "high_freq_factor": 1, "original_max_position_embeddings": 64}},
-         "high_freq_factor", "exceed"),  # fmt: skip
+        (
+            {
+                "rope_scaling": {
+                    "type": "llama3",
+                    "factor": 8,
+                    "low_freq_factor": 4,
+                    "high_freq_factor": 1,
+                    "original_max_position_embeddings": 64,
+                }
+            },
+            "high_freq_factor",
+            "exceed",
+        ),
     ],
 )
 def test_invalid_spec_names_the_field(changes, field, words):

@@ -23,9 +23,16 @@ EXTERNAL_CASES = {
     "gqa-tied": get_preset("tiny-gqa"),
     "mqa-llama3-rope": get_preset("tiny-llama3"),
     "linear-rope": ModelSpec(
-        name="tiny-linear", vocab_size=300, dim=64, n_layers=2, n_heads=2, n_kv_heads=1,
-        ffn_dim=96, max_seq_len=128, rope_scaling={"type": "linear", "factor": 4.0},
-    ),  # fmt: skip
+        name="tiny-linear",
+        vocab_size=300,
+        dim=64,
+        n_layers=2,
+        n_heads=2,
+        n_kv_heads=1,
+        ffn_dim=96,
+        max_seq_len=128,
+        rope_scaling={"type": "linear", "factor": 4.0},
+    ),
 }
 
 

@@ -28,9 +28,9 @@ from safetensors.numpy import save_file
 
 from backends.safetensors_format import CheckpointError, read_header, read_headers
 from codegen.cli import main
-from spec import ModelSpec, get_preset, to_hf_config
 from codegen.verifier.checkpoints import random_weights, save_hf_checkpoint
 from codegen.verifier.emitted import build_target, import_file, import_package
+from spec import ModelSpec, get_preset, to_hf_config
 
 # A one-layer model with a small vocabulary: every reader runs in milliseconds.
 MICRO = ModelSpec.model_validate(

@@ -439,3 +439,28 @@ def check_hf_config(path: Path, model: dict, defaults: dict) -> None:
     ]
     if mismatched:
         raise CheckpointError(f"{where} describes another model: " + ", ".join(mismatched))
+
+
+def check_names_and_shapes(
+    expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]
+) -> None:
+    """Refuse, in one CheckpointError listing every fault, a checkpoint whose tensor names or
+    shapes differ from the model's (names from the file are printed escaped)."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = [shown(name) for name in sorted(set(found) - set(expected))]
+    wrong = [
+        f"{name} {found[name]} (model has {expected[name]})"
+        for name in sorted(set(expected) & set(found))
+        if expected[name] != found[name]
+    ]
+    problems = [
+        f"{label}: {', '.join(items)}"
+        for label, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("wrong shape", wrong),
+        )
+        if items
+    ]
+    if problems:
+        raise CheckpointError("checkpoint does not fit the model; " + "; ".join(problems))

@@ -3,13 +3,14 @@
 # Rebuild rather than edit, or own the copy.
 """Convert LLaMA 7b checkpoints between Hugging Face and the Cerebras Model Zoo, both ways.
 
-    python convert.py to-cerebras Llama-hf/ llama_cs.safetensors   # or .mdl (needs cerebras.pytorch), .pt
-    python convert.py to-hf llama_cs.mdl Llama-hf-out/               # writes config.json + model.safetensors
+    python convert.py to-cerebras Llama-hf/ llama_cs.safetensors   # or .mdl (cerebras.pytorch), .pt
+    python convert.py to-hf llama_cs.mdl Llama-hf-out/    # writes config.json, model.safetensors
 
 Names follow the Model Zoo's LLaMA converter. q/k rows are permuted per head between Hugging
 Face's half RoPE layout (pairs (i, i + head_dim/2)) and the Model Zoo's interleaved one (pairs
 (2i, 2i+1)); every other tensor is only renamed. A Cerebras checkpoint holds the final norm as
-both `transformer_decoder.norm` and `ln_f`. Tensors keep their dtype and values: a round trip is exact.
+both `transformer_decoder.norm` and `ln_f`.
+Tensors keep their dtype and values: a round trip is exact.
 Checkpoints are read through checkpoint_files.py (the compiler's own checked reader): shard paths
 stay inside the folder, headers meet the safetensors library's rules, every name and shape is
 checked before a row moves, and a refusal is one line (exit code 2) with nothing written.
@@ -180,7 +181,8 @@ def hf_shapes() -> dict[str, tuple[int, ...]]:
 
 
 def check_shapes(tensors: dict[str, Tensor], names: dict[str, str]) -> None:
-    """`names` maps each Hugging Face name to its name in `tensors`; every shape must be the model's."""
+    """`names` maps each Hugging Face name to its name in `tensors`; every shape must be the
+    model's."""
     wrong = [
         f"{theirs} {list(tensors[theirs].shape)} (model has {list(shape)})"
         for hf_name, shape in hf_shapes().items()
@@ -267,7 +269,8 @@ def load_hf(path: Path) -> dict[str, Tensor]:
 
 
 def load_cs(path: Path) -> dict[str, Tensor]:
-    """A Cerebras checkpoint: .mdl (cstorch.save), .pt/.pth ({"model": state_dict}) or .safetensors."""
+    """A Cerebras checkpoint: .mdl (cstorch.save), .pt/.pth ({"model": state_dict}) or
+    .safetensors."""
     if path.suffix == ".safetensors":
         return load_safetensors([path])
     if path.suffix == ".mdl":
@@ -287,8 +290,9 @@ def load_cs(path: Path) -> dict[str, Tensor]:
 
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Run `write` on a temporary file beside `path`, then rename it over `path`: an interrupted
-    or failing write (Ctrl-C, a full disk) leaves the previous file, or none, never a partial one."""
+    """Run `write` on a temporary file beside `path`, then rename it over `path`: an
+    interrupted or failing write (Ctrl-C, a full disk) leaves the previous file, or none,
+    never a partial one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
@@ -329,7 +333,8 @@ def outputs(direction: str, dst: Path) -> list[Path]:
 
 
 def check_outputs(src: Path, targets: list[Path], force: bool) -> None:
-    """Refuse (CheckpointError) to write over the source, or over an existing file without --force."""
+    """Refuse (CheckpointError) to write over the source, or over an existing file without
+    --force."""
     sources = (
         [src]
         if src.is_file()

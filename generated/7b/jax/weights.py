@@ -17,7 +17,14 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from .checkpoint_files import CheckpointError, check_hf_config, checkpoint_files, read_header, shown
+from .checkpoint_files import (
+    CheckpointError,
+    check_hf_config,
+    check_names_and_shapes,
+    checkpoint_files,
+    read_header,
+    shown,
+)
 from .model import CONFIG, Config, Params
 
 DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": jnp.bfloat16}
@@ -134,7 +141,8 @@ def read_safetensors(
         for name, entry in header.items():
             if entry.dtype not in DTYPES:
                 raise CheckpointError(
-                    f"{shown(file)}: {name!r} has dtype {entry.dtype} (supported: {', '.join(DTYPES)})"
+                    f"{shown(file)}: {name!r} has dtype {entry.dtype} "
+                    f"(supported: {', '.join(DTYPES)})"
                 )
             if name in owner:  # which of the two would be meant?
                 raise CheckpointError(
@@ -148,29 +156,6 @@ def read_safetensors(
         )
         for name, (file, start, e) in entries.items()
     }
-
-
-def check_names_and_shapes(
-    expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]
-) -> None:
-    missing = sorted(set(expected) - set(found))
-    unexpected = [shown(name) for name in sorted(set(found) - set(expected))]  # names from the file
-    wrong = [
-        f"{name} {found[name]} (model has {expected[name]})"
-        for name in sorted(set(expected) & set(found))
-        if expected[name] != found[name]
-    ]
-    problems = [
-        f"{label}: {', '.join(items)}"
-        for label, items in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("wrong shape", wrong),
-        )
-        if items
-    ]
-    if problems:
-        raise CheckpointError("checkpoint does not fit the model; " + "; ".join(problems))
 
 
 def hf_config_values(config: Config) -> dict[str, object]:

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from .checkpoint_files import (
     CheckpointError,
     check_hf_config,
+    check_names_and_shapes,
     checkpoint_files,
     read_header,
     read_json,
@@ -33,7 +34,8 @@ from .model import ModelArgs
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Copy a checkpoint's weights into `model` (cast to its dtype), after checking every name and shape.
+    """Copy a checkpoint's weights into `model` (cast to its dtype), after checking every name
+    and shape.
 
     `path` is a Hugging Face folder (config.json + model.safetensors, or shards with
     model.safetensors.index.json), a single .safetensors file, or a Meta folder
@@ -81,29 +83,6 @@ def safetensors_reader(files: list[Path]) -> tuple[dict[str, tuple[int, ...]], R
                     yield name, f.get_tensor(name)
 
     return shapes, read
-
-
-def check_names_and_shapes(
-    expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]
-) -> None:
-    missing = sorted(set(expected) - set(found))
-    unexpected = [shown(name) for name in sorted(set(found) - set(expected))]  # names from the file
-    wrong = [
-        f"{name} {found[name]} (model has {expected[name]})"
-        for name in sorted(set(expected) & set(found))
-        if expected[name] != found[name]
-    ]
-    problems = [
-        f"{label}: {', '.join(items)}"
-        for label, items in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("wrong shape", wrong),
-        )
-        if items
-    ]
-    if problems:
-        raise CheckpointError("checkpoint does not fit the model; " + "; ".join(problems))
 
 
 def hf_config_values(args: ModelArgs) -> dict[str, object]:
@@ -239,7 +218,8 @@ def join_meta_shards(
     except (RuntimeError, IndexError):
         shapes = ", ".join(str(list(part.shape)) for part in parts)
         raise CheckpointError(
-            f"{shown(files[0].parent)}: tensor {meta_name!r} has shards {shapes} that do not join along dim {dim}"
+            f"{shown(files[0].parent)}: tensor {meta_name!r} has shards {shapes} "
+            f"that do not join along dim {dim}"
         ) from None
 
 
@@ -253,7 +233,8 @@ def meta_reader(path: Path, args: ModelArgs) -> tuple[dict[str, tuple[int, ...]]
         differing = sorted(set(shard) ^ set(shards[0]))
         if differing:
             raise CheckpointError(
-                f"{shown(file)}: tensor {differing[0]!r} is in only one of it and {shown(files[0].name)} (shards must hold the same names)"
+                f"{shown(file)}: tensor {differing[0]!r} is in only one of it and "
+                f"{shown(files[0].name)} (shards must hold the same names)"
             )
     tensors: dict[str, Tensor] = {}
     for meta_name in shards[0]:
@@ -265,7 +246,8 @@ def meta_reader(path: Path, args: ModelArgs) -> tuple[dict[str, tuple[int, ...]]
             heads = getattr(args, heads_attribute)
             if tensor.ndim != 2 or tensor.shape[0] != heads * args.head_dim:
                 raise CheckpointError(
-                    f"{shown(path)}: tensor {meta_name!r} has shape {list(tensor.shape)}, the model needs {heads * args.head_dim} rows"
+                    f"{shown(path)}: tensor {meta_name!r} has shape {list(tensor.shape)}, "
+                    f"the model needs {heads * args.head_dim} rows"
                 )
             tensor = interleaved_to_half(tensor, heads, args.head_dim)
         tensors[name] = tensor
