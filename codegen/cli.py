@@ -100,9 +100,14 @@ def build_command(
         if failed:
             raise SystemExit(1)
         return
+    rendered: dict[str, dict[str, bytes]] = {}
+    seconds: dict[str, float] = {}  # render, then write, per target
     try:
         # every target rendered and its folder checked before the first is written: all or none
-        rendered = {name: render_target(spec, name, options) for name in targets}
+        for name in targets:
+            started = time.perf_counter()
+            rendered[name] = render_target(spec, name, options)
+            seconds[name] = time.perf_counter() - started
         for name, files in rendered.items():
             preflight(out / name, files, force)
     except OutputError as exc:
@@ -115,7 +120,7 @@ def build_command(
             )
         except OutputError as exc:
             raise UserError(str(exc)) from None
-        _report_build(out / name, files, changed, time.perf_counter() - started)
+        _report_build(out / name, files, changed, seconds[name] + time.perf_counter() - started)
     readmes = [printable(str(out / name / "README.md"), limit=200) for name in targets]
     click.echo(f"next: read {', '.join(readmes)}")
 
