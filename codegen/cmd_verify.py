@@ -147,6 +147,10 @@ def check_fits(spec: ModelSpec, path: Path, tensors: dict[str, np.ndarray]) -> N
         raise UserError(f"{path} does not fit spec {spec.name!r}: {shown}")
 
 
+# The pyproject extra that installs each target's framework.
+INSTALL_EXTRA = {"torch": "torch", "jax": "jax", "onnx": "onnx", "cerebras": "torch"}
+
+
 @click.command("verify")
 @click.argument("out", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option(
@@ -165,7 +169,8 @@ def verify_command(out: Path, weights: Path | None, seq: int, batch: int, seed: 
     \b
     Prints backend, dtype, relative L2 error and max abs error of the logits, and pass/fail
     against the tolerance of docs/DESIGN.md, "Numeric conventions" (float32 1e-5, bfloat16
-    2e-2); exits 1 when any backend fails.
+    2e-2); exits 1 when any backend fails or could not run (its framework is not installed:
+    the row names the package and the pip extra that brings it).
     """
     emitted = discover(out)
     if not emitted:
@@ -183,12 +188,18 @@ def verify_command(out: Path, weights: Path | None, seq: int, batch: int, seed: 
     rows, failed = [], False
     source = str(weights) if weights else f"random (std {spec.init_std}, seed {seed})"
     with tempfile.TemporaryDirectory() as tmp:
-        if weights is None:
-            tensors = random_weights(spec, seed, std=spec.init_std)
-            weights = save_hf_checkpoint(spec, tensors, Path(tmp) / "checkpoint")
-        else:
-            tensors = read_checkpoint(weights)
-            check_fits(spec, weights, tensors)
+        try:
+            if weights is None:
+                tensors = random_weights(spec, seed, std=spec.init_std)
+                weights = save_hf_checkpoint(spec, tensors, Path(tmp) / "checkpoint")
+            else:
+                tensors = read_checkpoint(weights)
+                check_fits(spec, weights, tensors)
+        except ImportError as exc:  # the minimal install (README command 1) has no safetensors
+            raise UserError(
+                f"verify needs the {exc.name} package for its checkpoint: "
+                f"pip install {exc.name}, or pip install -e '.[all]' for every target"
+            ) from None
         references: dict[str, np.ndarray] = {}
         for item in emitted:
             adapter = ADAPTERS.get(item.target)
@@ -202,6 +213,14 @@ def verify_command(out: Path, weights: Path | None, seq: int, batch: int, seed: 
             try:
                 workdir = Path(tmp) / item.target
                 logits = adapter().open(item.folder, weights, workdir).forward(tokens)
+            except ImportError as exc:  # this target's framework is not installed: not verified
+                extra = INSTALL_EXTRA.get(item.target, "all")
+                rows.append(
+                    [item.target, item.dtype, "-", "-",
+                     f"NOT RUN: needs {exc.name}; pip install -e '.[{extra}]'"]
+                )  # fmt: skip
+                failed = True
+                continue
             except Exception as exc:  # noqa: BLE001 - a backend that crashes fails; others still run
                 rows.append(
                     [item.target, item.dtype, "-", "-", f"FAIL: {type(exc).__name__}: {exc}"]

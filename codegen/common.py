@@ -41,9 +41,9 @@ def describe_validation_error(exc: ValidationError) -> str:
     """The first five errors of a pydantic validation as one line: `field.path: message; ...`."""
     parts = []
     for error in exc.errors()[:5]:
-        where = ".".join(printable(str(part)) for part in error["loc"]) or "spec"
+        where = ".".join(printable(str(part)) for part in error["loc"])
         message = printable(error["msg"].removeprefix("Value error, "), limit=200)
-        parts.append(f"{where}: {message}")
+        parts.append(f"{where}: {message}" if where else message)  # no field: the whole spec
     more = len(exc.errors()) - len(parts)
     return "invalid spec: " + "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 

@@ -111,6 +111,19 @@ def test_invalid_spec_file_names_the_field(tmp_path):
     assert len(lines) == 1 and "n_heads (5)" in lines[0] and "Traceback" not in result.output
 
 
+def test_a_whole_spec_error_is_not_prefixed_with_a_field(tmp_path):
+    """An error about the spec as a whole (no field) reads `invalid spec: dim (65) must be ...`."""
+    path = tmp_path / "odd.json"
+    path.write_text(
+        json.dumps({"name": "odd", "vocab_size": 10, "dim": 65, "n_layers": 1, "n_heads": 4})
+    )
+    result = run("show", "--spec", str(path))
+    assert result.exit_code == 2
+    assert result.output.startswith("Error: invalid spec: dim (65) must be divisible"), (
+        result.output
+    )
+
+
 def test_module_entry_point_builds_7b(tmp_path):
     completed = subprocess.run(
         [

@@ -17,7 +17,7 @@ from codegen.cli import main
 from codegen.verifier import oracle
 from codegen.verifier.checkpoints import random_weights
 from codegen.verifier.emitted import import_file, import_package
-from spec import ModelSpec, to_hf_config
+from spec import ModelSpec, load_spec, to_hf_config
 from spec.io import HF_DEFAULTS
 
 SPEC = ModelSpec(
@@ -133,3 +133,22 @@ def test_a_config_of_another_model_is_still_refused(key, value, tmp_path):
     package = import_package(out / "torch")
     with pytest.raises(package.CheckpointError, match=key):
         package.load_checkpoint(package.Model(), folder)
+
+
+def test_rope_scaling_beside_rope_parameters_is_read_as_transformers_reads_it(tmp_path):
+    """A 5.x config.json (rope_parameters: default) with a 4.x `rope_scaling` added: transformers
+    applies the rope_scaling; the compiler and the loaders must read the same scaling."""
+    llama3 = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    }
+    folder = tmp_path / "ck"
+    theirs = transformers_folder(folder, lambda config: config.update(rope_scaling=llama3))
+    assert json.loads((folder / "config.json").read_text())["rope_parameters"] is not None
+    expected = {k: v for k, v in theirs.config.rope_parameters.items() if k != "rope_theta"}
+    expected["type"] = expected.pop("rope_type")
+    ours = load_spec(folder / "config.json").rope_scaling
+    assert ours is not None and ours.model_dump() == expected

@@ -383,6 +383,24 @@ def test_unbound_onnx_run_py_fails_in_one_line_and_the_readme_says_what_to_do(tm
     assert len(done.stdout.split()) == 3 + 16  # the prompt, then --max-new-tokens 16 tokens
 
 
+def test_onnx_run_py_with_a_truncated_weight_file_fails_in_one_line(tmp_path):
+    """A stray or truncated model.onnx.data: onnxruntime's own error, as one line, no traceback."""
+    assert (
+        run_cli("build", "--size", "tiny", "--target", "onnx", "--out", str(tmp_path)).exit_code
+        == 0
+    )
+    folder = tmp_path / "onnx"
+    (folder / "model.onnx.data").write_bytes(b"\0" * 1000)
+    result = subprocess.run(
+        [sys.executable, str(folder / "run.py"), "--ids", "1", "2"],
+        check=False, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert (
+        "onnxruntime cannot load the graphs" in result.stderr and "out of bounds" in result.stderr
+    )
+
+
 def test_bound_onnx_run_py_names_a_missing_checkpoint_file_in_one_line(tmp_path):
     spec = get_preset("tiny")
     checkpoint = save_hf_checkpoint(spec, random_weights(spec, seed=1), tmp_path / "hf")

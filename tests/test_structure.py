@@ -116,3 +116,42 @@ def test_ci_runs_the_readme_test_command_from_a_clone():
     assert command in ci.splitlines()
     clone_at = ci.index('git clone --quiet "$repo" "$tmp/repo"')
     assert clone_at < ci.index('cd "$tmp/repo"') < ci.index(command)
+
+
+def _verify_with_blocked(out: Path, blocked: tuple[str, ...]) -> subprocess.CompletedProcess:
+    """`codegen verify OUT` in a subprocess where `blocked` modules cannot be imported (a None
+    entry in sys.modules makes their import raise ImportError, as if not installed)."""
+    code = (
+        "import sys\n"
+        f"for name in {blocked!r}:\n"
+        "    sys.modules[name] = None\n"
+        "from codegen.cli import main\n"
+        f"main(['verify', {str(out)!r}])\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+
+
+def test_verify_without_safetensors_says_what_to_install_in_one_line(tmp_path):
+    """README command 1 installs no safetensors: verify says so instead of a traceback."""
+    from codegen.verifier.emitted import build_target
+    from spec import get_preset
+
+    build_target(get_preset("tiny"), "torch", tmp_path / "out")
+    result = _verify_with_blocked(tmp_path / "out", ("safetensors",))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "safetensors" in result.stderr and "pip install" in result.stderr
+
+
+def test_verify_names_a_missing_framework_and_fails(tmp_path):
+    from codegen.verifier.emitted import build_target
+    from spec import get_preset
+
+    for target in ("torch", "jax"):
+        build_target(get_preset("tiny"), target, tmp_path / "out")
+    result = _verify_with_blocked(tmp_path / "out", ("jax", "jaxlib"))
+    assert result.returncode == 1, result.stdout + result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    assert "pass" in rows["torch"]
+    assert "NOT RUN: needs jax" in rows["jax"] and "'.[jax]'" in rows["jax"]

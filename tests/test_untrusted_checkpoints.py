@@ -473,6 +473,30 @@ def test_bound_run_py_refuses_another_checkpoint_in_one_line(tmp_path):
     assert one_line(completed.stderr) and "model.safetensors" in completed.stderr
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("rms_norm_eps", 1e-3), ("rope_scaling", {"rope_type": "linear", "factor": 2.0})],
+)
+def test_bound_run_py_checks_the_config_json_like_every_loader(tmp_path, key, value):
+    """The bound folder itself, with a config.json of another model beside the weights: run.py
+    refuses it in one line, as the torch and JAX loaders and convert.py do."""
+    import subprocess
+
+    from backends import BuildOptions
+
+    folder = save_hf_checkpoint(MICRO, random_weights(MICRO, seed=3), tmp_path / "ck")
+    built = build_target(MICRO, "onnx", tmp_path / "out", BuildOptions(weights=folder))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {key: value}))
+    completed = subprocess.run(
+        [sys.executable, str(built / "run.py"), "--weights", str(folder), "--ids", "1", "2",
+         "--max-new-tokens", "1"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 2, completed.stderr
+    assert one_line(completed.stderr) and "describes another model" in completed.stderr
+
+
 # --- item 10: a wrong shape of the right byte count, in the compiler's convert ---------------
 
 

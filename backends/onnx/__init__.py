@@ -27,6 +27,7 @@ from ..base import (
     TemplateContext,
 )
 from ..checked_reader import shown
+from ..tables import TableContext
 from .checkpoint import (
     FLOAT_DTYPES,
     Checkpoint,
@@ -120,6 +121,7 @@ class OnnxContext(TemplateContext):
     """What README.md and run.py print: the spec and how the graphs hold their weights."""
 
     spec: SpecContext
+    table: TableContext  # the config.json rules run.py checks (reference mode)
     mode: Literal["unbound", "reference", "inline", "data-file"]
     files: list[str]  # files the external data points into, relative to the output folder
     dtypes: list[str]  # stored weight dtypes, e.g. ["bfloat16"]
@@ -137,6 +139,7 @@ def readme_context(
     dtypes = sorted({DTYPE_NAMES[w.dtype] for w in weights.values()})
     return OnnxContext(
         spec=SpecContext.of(spec, options),
+        table=TableContext.of(spec, "{}"),
         mode=mode,  # type: ignore[arg-type]
         files=sorted({w.location for w in weights.values() if w.data is None}),
         dtypes=dtypes,

@@ -390,8 +390,12 @@ def read_json(path: Path, limit: int = MAX_CONFIG_BYTES) -> dict:
 
 def hf_rope_scaling(config: dict, where: str) -> dict:
     """A transformers config's RoPE scaling as {"type": "none" | "linear" | "llama3", params...}
-    (4.x `rope_scaling` or 5.x `rope_parameters`); malformed: CheckpointError naming the key."""
+    (4.x `rope_scaling` or 5.x `rope_parameters`); malformed: CheckpointError naming the key.
+    Given both, a non-empty `rope_scaling` wins, as in transformers 5 (`PreTrainedConfig`:
+    `rope_parameters = rope_scaling or rope_parameters`)."""
     key = "rope_parameters" if config.get("rope_parameters") is not None else "rope_scaling"
+    if config.get("rope_scaling"):
+        key = "rope_scaling"
     params = config.get(key)
     if params is None:
         return {"type": "none"}

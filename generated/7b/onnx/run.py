@@ -13,13 +13,24 @@ Token ids in, token ids out: tokenize with the checkpoint's own tokenizer.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import (
+    Fail,
+    InvalidArgument,
+    InvalidGraph,
+    InvalidProtobuf,
+    NoSuchFile,
+    RuntimeException,
+)
 
 HERE = Path(__file__).resolve().parent
+# onnxruntime's load errors, which share no public base class besides Exception.
+ORT_ERRORS = (Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile, RuntimeException)
 N_LAYERS = 32
 N_KV_HEADS = 32
 HEAD_DIM = 128
@@ -30,6 +41,7 @@ WEIGHT_FILES = ["model.onnx.data"]
 def load_session(graph: str, weights: Path) -> ort.InferenceSession:
     """A CPU session for `graph` (a file in this folder) whose external data lies in `weights`."""
     options = ort.SessionOptions()
+    options.log_severity_level = 4  # fatal only: a load error is raised, and main() reports it
     options.add_session_config_entry(
         "session.model_external_initializers_file_folder_path", str(weights)
     )
@@ -89,7 +101,15 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     args = parser.parse_args()
     check_weight_files(args.weights)
-    session = load_session("model_with_past.onnx", args.weights)
+    try:
+        session = load_session("model_with_past.onnx", args.weights)
+    except ORT_ERRORS as exc:  # e.g. a weight file that is truncated or not the one bound
+        reason = (
+            re.split(r"\S+\.cc:\d+ ", str(exc))[-1].strip() or type(exc).__name__
+        )  # no C++ frames
+        parser.exit(
+            2, f"run.py: error: onnxruntime cannot load the graphs with {args.weights}: {reason}\n"
+        )
     tokens = generate(session, np.array([args.ids]), args.max_new_tokens)
     print(" ".join(str(token) for token in tokens[0]))
 
