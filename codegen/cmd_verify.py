@@ -37,14 +37,18 @@ class Emitted:
 
 
 def discover(out: Path) -> list[Emitted]:
-    """Every target folder under `out` with a valid manifest of this tool, in name order.
+    """Every target folder under `out` with a valid manifest of this tool, in name order; or
+    `out` itself when it is one target's folder (`verify out/torch`).
 
     Hidden folders are never targets: they are temporaries of an interrupted build or bind
     (`.torch.llama-codegen-*`, `.torch.tmp-*` of earlier versions) or the user's own.
     """
     found = []
-    for folder in sorted(out.iterdir()):
-        if folder.name.startswith(".") or folder.is_symlink() or not folder.is_dir():
+    folders = [out] if read_manifest(out) is not None else sorted(out.iterdir())
+    for folder in folders:
+        if folder is not out and (
+            folder.name.startswith(".") or folder.is_symlink() or not folder.is_dir()
+        ):
             continue
         manifest = read_manifest(folder)
         if manifest is None:

@@ -155,3 +155,13 @@ def test_verify_names_a_missing_framework_and_fails(tmp_path):
     rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
     assert "pass" in rows["torch"]
     assert "NOT RUN: needs jax" in rows["jax"] and "'.[jax]'" in rows["jax"]
+
+
+def test_verify_takes_one_target_folder_too(tmp_path):
+    from codegen.verifier.emitted import build_target
+    from spec import get_preset
+
+    folder = build_target(get_preset("tiny"), "torch", tmp_path / "out")
+    result = _verify_with_blocked(folder, ())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "pass" in result.stdout
