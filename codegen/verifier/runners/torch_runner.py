@@ -35,7 +35,8 @@ class TorchRunner:
 
     def generate(self, tokens: np.ndarray, max_new_tokens: int) -> np.ndarray:
         ids = torch.as_tensor(tokens, dtype=torch.long)
-        return self.model.generate(ids, max_new_tokens=max_new_tokens).numpy()
+        # No EOS stop: every target's runner returns exactly max_new_tokens (the contract above).
+        return self.model.generate(ids, max_new_tokens, eos_token_id=None).numpy()
 
 
 class TorchAdapter:
