@@ -137,7 +137,7 @@ class Attention(nn.Module):
         if self.kv_cache is not None:
             cached_k, cached_v = self.kv_cache.update(start_pos, k, v)
         if key_mask is not None:  # padded rows: the masked path, for prefill and decode alike
-            y = attend_cached(q, cached_k, cached_v, start_pos, key_mask)
+            y = attend_cached(q, cached_k, cached_v, start_pos, key_mask=key_mask)
         elif start_pos == 0:  # nothing before these tokens: fused causal SDPA on them alone
             y = F.scaled_dot_product_attention(
                 q, k, v, is_causal=T > 1, enable_gqa=self.n_kv_heads != self.n_heads
@@ -199,7 +199,7 @@ class DecoderLayer(nn.Module):
     def forward(
         self, x: Tensor, cos: Tensor, sin: Tensor, start_pos: int, key_mask: Tensor | None = None
     ) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, start_pos, key_mask)
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, start_pos, key_mask=key_mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -255,7 +255,7 @@ class Model(nn.Module):
             key_mask = key_mask[:, : start_pos + T].bool()
         x = self.model.embed_tokens(input_ids)  # (B, T, dim)
         for layer in self.model.layers:
-            x = layer(x, cos, sin, start_pos, key_mask)
+            x = layer(x, cos, sin, start_pos, key_mask=key_mask)
         return self.lm_head(self.model.norm(x)).float()
 
     def setup_cache(self, batch: int, max_len: int) -> None:
