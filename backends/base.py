@@ -113,6 +113,9 @@ class SpecContext(TemplateContext):
     tie_embeddings: bool
     dtype: str  # the build's dtype: --dtype, else the spec's
     init_std: float
+    bos_token_id: int | None
+    eos_token_ids: tuple[int, ...] | None
+    pad_token_id: int | None
 
     @classmethod
     def of(cls, spec: ModelSpec, options: BuildOptions) -> SpecContext:
@@ -134,6 +137,9 @@ class SpecContext(TemplateContext):
             tie_embeddings=spec.tie_embeddings,
             dtype=options.dtype_for(spec).value,
             init_std=spec.init_std,
+            bos_token_id=spec.bos_token_id,
+            eos_token_ids=spec.eos_token_id,
+            pad_token_id=spec.pad_token_id,
         )
 
 

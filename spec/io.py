@@ -34,6 +34,9 @@ def load_spec(path: str | Path) -> ModelSpec:
     name = _name_from_path(path)
     try:
         if "hidden_size" in data or "model_type" in data:
+            generation = path.parent / "generation_config.json"
+            if generation.is_file():  # transformers' generate reads its token ids from there
+                data = data | token_ids(_read_mapping(generation))
             return from_hf_config(data, name=name)
         if "dim" in data and "n_layers" in data and "name" not in data:
             return from_meta_params(data, name=name)
@@ -143,6 +146,15 @@ def hf_checked_values(spec: ModelSpec) -> dict[str, Any]:
     return values | {"rope_scaling": scaling}
 
 
+# transformers' LlamaConfig defaults for the token ids (PretrainedConfig: a key given as null is None).
+HF_TOKEN_DEFAULTS: dict[str, Any] = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": None}
+
+
+def token_ids(config: dict[str, Any]) -> dict[str, Any]:
+    """The token-id keys `config` gives (config.json or generation_config.json), as given."""
+    return {key: config[key] for key in HF_TOKEN_DEFAULTS if key in config}
+
+
 def _rope_from_hf(scaling: dict[str, Any]) -> RopeScaling | None:
     """A RopeScaling from hf_config_view's {"type": ..., params} form."""
     params = {key: value for key, value in scaling.items() if key != "type"}
@@ -155,7 +167,8 @@ def _rope_from_hf(scaling: dict[str, Any]) -> RopeScaling | None:
 
 def from_hf_config(config: dict[str, Any], name: str = "model") -> ModelSpec:
     """Spec from a transformers `LlamaConfig` dict (4.x `rope_theta`/`rope_scaling` or 5.x
-    `rope_parameters`), omitted keys taking transformers' defaults (HF_DEFAULTS).
+    `rope_parameters`), omitted keys taking transformers' defaults (HF_DEFAULTS,
+    HF_TOKEN_DEFAULTS; load_spec merges a generation_config.json's token ids in first).
 
     Raises KeyError for a required key that is absent or null, SpecFormatError for what is not
     a LLaMA, pydantic's ValidationError for values out of bounds."""
@@ -194,6 +207,7 @@ def from_hf_config(config: dict[str, Any], name: str = "model") -> ModelSpec:
         tie_embeddings=view["tie_word_embeddings"],
         dtype="bfloat16" if dtype in ("bfloat16", "float16") else "float32",
         init_std=view["initializer_range"],
+        **(HF_TOKEN_DEFAULTS | token_ids(config)),
     )
 
 

@@ -43,6 +43,9 @@ FfnWidth = Annotated[int, Field(gt=0, le=MAX_FFN)]
 FfnMultiplier = Annotated[float, Field(gt=0, le=MAX_FFN_MULTIPLIER, allow_inf_nan=False)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 UnitFloat = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+TokenId = Annotated[int, Field(ge=0, lt=2**24)]
+# Fields read by generation only (tokenizer facts): not part of the architecture fingerprint.
+NOT_ARCHITECTURE = frozenset({"training", "bos_token_id", "eos_token_id", "pad_token_id"})
 
 
 class _Frozen(BaseModel):
@@ -286,6 +289,18 @@ class ModelSpec(_Frozen):
     weights start at 1). HF `initializer_range`."""
     training: TrainingSpec = TrainingSpec()
     """The training recipe; outside the architecture fingerprint."""
+    bos_token_id: TokenId | None = 1
+    """Token that starts every sequence (beginning of sequence): 1 for LLaMA 1/2's SentencePiece
+    tokenizer, 128000 for Llama 3's. HF `bos_token_id` (config.json; generation_config.json wins,
+    as in transformers). A tokenizer fact, outside the architecture fingerprint."""
+    eos_token_id: Annotated[tuple[TokenId, ...], Field(min_length=1, max_length=64)] | None = (2,)
+    """Tokens that end a sequence (an int in config.json is read as a one-item list): generation
+    stops a row at any of them. 2 for LLaMA 1/2, 128001 for Llama 3 base models (the instruct
+    models add 128009). HF `eos_token_id`; outside the architecture fingerprint."""
+    pad_token_id: TokenId | None = None
+    """Token that finished rows emit while others still generate; None (as in LLaMA's configs)
+    means the first eos id, as transformers' generate does. HF `pad_token_id`; outside the
+    architecture fingerprint."""
 
     @model_validator(mode="before")
     @classmethod
@@ -299,6 +314,12 @@ class ModelSpec(_Frozen):
         _resolve_kv_heads(data)
         _resolve_ffn_dim(data)
         return data
+
+    @field_validator("eos_token_id", mode="before")
+    @classmethod
+    def _one_eos_is_a_list(cls, value: Any) -> Any:
+        """config.json gives an int or a list; the spec holds a tuple either way."""
+        return [value] if isinstance(value, int) and not isinstance(value, bool) else value
 
     @field_validator("name")
     @classmethod
@@ -317,6 +338,15 @@ class ModelSpec(_Frozen):
             )
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_kv_heads ({self.n_kv_heads}) must divide n_heads ({self.n_heads})")
+        return self
+
+    @model_validator(mode="after")
+    def _check_token_ids(self) -> ModelSpec:
+        ids = {"bos_token_id": self.bos_token_id, "pad_token_id": self.pad_token_id}
+        ids |= {"eos_token_id": max(self.eos_token_id or [0])}
+        for key, value in ids.items():
+            if value is not None and value >= self.vocab_size:
+                raise ValueError(f"{key} ({value}) is not below vocab_size ({self.vocab_size})")
         return self
 
     @computed_field
@@ -390,10 +420,11 @@ class ModelSpec(_Frozen):
         )
 
     def fingerprint(self) -> str:
-        """sha256 (hex) of the architecture: the canonical JSON without the training recipe.
-        Printed in every emitted file's header, so a new learning rate changes no header."""
+        """sha256 (hex) of the architecture: the canonical JSON without the training recipe and
+        the token ids (NOT_ARCHITECTURE). Printed in every emitted file's header, so a new
+        learning rate or eos token changes no header."""
         architecture = self.model_dump(
-            mode="json", exclude_computed_fields=True, exclude={"training"}
+            mode="json", exclude_computed_fields=True, exclude=set(NOT_ARCHITECTURE)
         )
         return hashlib.sha256(json.dumps(architecture, sort_keys=True).encode()).hexdigest()
 

@@ -29,6 +29,7 @@ _TINY_LLAMA3_ROPE = Llama3RopeScaling(
 )
 
 # What every size of a family shares, with the training recipe of its smaller and larger sizes.
+# LLaMA 1/2 keep the spec's default token ids, their SentencePiece <s> 1 and </s> 2.
 _LLAMA1: dict[str, Any] = {"vocab_size": 32000, "multiple_of": 256, "max_seq_len": 2048}
 _LLAMA1_S = {**_LLAMA1, "training": _LLAMA1_SMALL}
 _LLAMA1_L = {**_LLAMA1, "training": _LLAMA1_LARGE}
@@ -37,6 +38,8 @@ _LLAMA2_S = {**_LLAMA2, "training": _LLAMA2_SMALL}
 _LLAMA2_L = {**_LLAMA2, "training": _LLAMA2_LARGE}
 _LLAMA3: dict[str, Any] = {"vocab_size": 128256, "n_kv_heads": 8, "ffn_dim_multiplier": 1.3}
 _LLAMA3 |= {"norm_eps": 1e-5, "rope_theta": 500000.0, "max_seq_len": 8192}
+# Llama 3 base models' config.json: <|begin_of_text|> 128000, <|end_of_text|> 128001.
+_LLAMA3 |= {"bos_token_id": 128000, "eos_token_id": [128001]}
 _LLAMA3_S = {**_LLAMA3, "training": _LLAMA3_SMALL}
 _LLAMA3_L = {**_LLAMA3, "training": _LLAMA3_LARGE}
 _TINY: dict[str, Any] = {"vocab_size": 515, "dim": 64, "n_layers": 2, "n_heads": 4}

@@ -66,7 +66,7 @@ def test_logits_and_greedy_tokens_match_transformers(case, packages, tmp_path):
         expected, actual = reference(ids).logits, model(ids)
     assert oracle.relative_error(actual.numpy(), expected.numpy()) <= 1e-5
     prompt = ids[:1, :16]
-    ours = model.generate(prompt, max_new_tokens=32, temperature=0.0)
+    ours = model.generate(prompt, max_new_tokens=32, temperature=0.0, eos_token_id=None)
     theirs = reference.generate(
         prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=32, do_sample=False,
         min_new_tokens=32, pad_token_id=0,
@@ -192,7 +192,7 @@ def test_emitted_package_is_standalone(tmp_path):
     script = (
         f"import sys, torch\nsys.path.insert(0, {str(tmp_path)!r})\n"
         "from llama_tiny import Model\n"
-        "out = Model().generate(torch.zeros(1, 4, dtype=torch.long), max_new_tokens=3)\n"
+        "out = Model().generate(torch.zeros(1, 4, dtype=torch.long), 3, eos_token_id=None)\n"
         "assert out.shape == (1, 7)\n"
         "names = {m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names)\n"
         "assert not {'codegen', 'spec', 'backends', 'jinja2', 'pydantic'} & names, names\n"

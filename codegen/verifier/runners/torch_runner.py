@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,8 +15,11 @@ from ..emitted import build_target, import_package
 
 
 class TorchRunner:
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, **generate_options: Any):
+        """generate_options: extra keywords of the model's generate (the torch target's
+        eos_token_id=None; the Cerebras model's generate takes none)."""
         self.model = model
+        self.generate_options = generate_options
 
     @torch.inference_mode()
     def forward(self, tokens: np.ndarray) -> np.ndarray:
@@ -35,7 +39,7 @@ class TorchRunner:
 
     def generate(self, tokens: np.ndarray, max_new_tokens: int) -> np.ndarray:
         ids = torch.as_tensor(tokens, dtype=torch.long)
-        return self.model.generate(ids, max_new_tokens=max_new_tokens).numpy()
+        return self.model.generate(ids, max_new_tokens, **self.generate_options).numpy()
 
 
 class TorchAdapter:
@@ -50,4 +54,5 @@ class TorchAdapter:
         package = import_package(folder)
         model = package.Model().eval()
         package.load_checkpoint(model, checkpoint)
-        return TorchRunner(model)
+        # No EOS stop: every target's runner returns exactly max_new_tokens (Runner.generate).
+        return TorchRunner(model, eos_token_id=None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +37,12 @@ class ModelArgs:
     @property
     def head_dim(self) -> int:
         return self.dim // self.n_heads
+
+
+# The tokenizer's ids (config.json, generation_config.json): generate's defaults.
+BOS_TOKEN_ID: int | None = 1
+EOS_TOKEN_IDS: tuple[int, ...] | None = (2,)
+PAD_TOKEN_ID: int | None = None  # None: finished rows emit EOS_TOKEN_IDS[0]
 
 
 def rope_inv_freq(args: ModelArgs) -> Tensor:
@@ -119,15 +125,20 @@ class Attention(nn.Module):
         self.o_proj = Linear(q_size, args.dim, args.dtype)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start_pos: int) -> Tensor:
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, start_pos: int, key_mask: Tensor | None = None
+    ) -> Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # (B, heads, T, head_dim)
+        cached_k, cached_v = k, v
         if self.kv_cache is not None:
             cached_k, cached_v = self.kv_cache.update(start_pos, k, v)
-        if start_pos == 0:  # nothing before these tokens: fused causal SDPA on them alone
+        if key_mask is not None:  # padded rows: the masked path, for prefill and decode alike
+            y = attend_cached(q, cached_k, cached_v, start_pos, key_mask=key_mask)
+        elif start_pos == 0:  # nothing before these tokens: fused causal SDPA on them alone
             y = F.scaled_dot_product_attention(
                 q, k, v, is_causal=T > 1, enable_gqa=self.n_kv_heads != self.n_heads
             )  # (B, n_heads, T, head_dim)
@@ -136,9 +147,13 @@ class Attention(nn.Module):
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
-def attend_cached(q: Tensor, k: Tensor, v: Tensor, start_pos: int) -> Tensor:
-    """Queries (B, n_heads, T, head_dim) at positions start_pos.. over cached keys and values
-    (B, n_kv_heads, start_pos + T, head_dim), softmax in float32.
+def attend_cached(
+    q: Tensor, k: Tensor, v: Tensor, start_pos: int, key_mask: Tensor | None = None
+) -> Tensor:
+    """Queries (B, n_heads, T, head_dim) at cache slots start_pos.. over cached keys and values
+    (B, n_kv_heads, start_pos + T, head_dim), softmax in float32. key_mask (B, start_pos + T),
+    bool, False at padding: those keys are hidden from every query but their own (a padding
+    query must see some key, or its softmax is NaN and the NaN reaches real rows through v).
 
     A plain matmul-softmax: SDPA's CPU kernel is slow on the cache's strided slices. Each key/value
     head serves n_heads / n_kv_heads consecutive query heads; grouping them as rows avoids copies.
@@ -150,10 +165,14 @@ def attend_cached(q: Tensor, k: Tensor, v: Tensor, start_pos: int) -> Tensor:
     scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(
         head_dim
     )  # (B, n_kv_heads, groups * T, S)
-    if T > 1:
+    if T > 1 or key_mask is not None:
         keys = torch.arange(S, device=q.device)
         queries = torch.arange(start_pos, start_pos + T, device=q.device).repeat(groups)
-        scores = scores.masked_fill(keys[None, :] > queries[:, None], float("-inf"))
+        hidden = keys[None, :] > queries[:, None]  # (groups * T, S): the future
+        if key_mask is not None:  # (B, 1, groups * T, S): and padding, except the query itself
+            padding = ~key_mask[:, None, None, :] & (keys[None, :] != queries[:, None])
+            hidden = hidden | padding
+        scores = scores.masked_fill(hidden, float("-inf"))
     y = F.softmax(scores, dim=-1).type_as(v) @ v  # (B, n_kv_heads, groups * T, head_dim)
     return y.view(B, n_heads, T, head_dim)
 
@@ -177,8 +196,10 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(args.dim, args.norm_eps, args.dtype)
         self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps, args.dtype)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start_pos: int) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, start_pos)
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, start_pos: int, key_mask: Tensor | None = None
+    ) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, start_pos, key_mask=key_mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -205,9 +226,19 @@ class Model(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=self.args.init_std)
 
-    def forward(self, input_ids: Tensor, start_pos: int = 0) -> Tensor:
-        """Logits (B, T, vocab) in float32 for input_ids (B, T) placed after start_pos cached
-        tokens."""
+    def forward(
+        self,
+        input_ids: Tensor,
+        start_pos: int = 0,
+        position_ids: Tensor | None = None,
+        key_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Logits (B, T, vocab) in float32 for input_ids (B, T) placed at cache slots start_pos..
+
+        For left-padded batches (what generate passes): position_ids (B, T), each row's RoPE
+        positions (default start_pos + 0..T-1 for every row), and key_mask (B, >= start_pos + T),
+        bool, False at padding slots, which no other query attends to.
+        """
         T = input_ids.shape[1]
         if start_pos + T > self.args.max_seq_len:
             raise ValueError(
@@ -215,11 +246,16 @@ class Model(nn.Module):
             )
         if start_pos and self.model.layers[0].self_attn.kv_cache is None:
             raise ValueError("start_pos > 0 needs a KV cache: call setup_cache() first")
-        cos = self.rope_cos[start_pos : start_pos + T]  # (T, head_dim // 2)
-        sin = self.rope_sin[start_pos : start_pos + T]
+        if position_ids is None:
+            cos = self.rope_cos[start_pos : start_pos + T]  # (T, head_dim // 2)
+            sin = self.rope_sin[start_pos : start_pos + T]
+        else:  # (B, 1, T, head_dim // 2): broadcast over heads
+            cos, sin = self.rope_cos[position_ids][:, None], self.rope_sin[position_ids][:, None]
+        if key_mask is not None:
+            key_mask = key_mask[:, : start_pos + T].bool()
         x = self.model.embed_tokens(input_ids)  # (B, T, dim)
         for layer in self.model.layers:
-            x = layer(x, cos, sin, start_pos)
+            x = layer(x, cos, sin, start_pos, key_mask=key_mask)
         return self.lm_head(self.model.norm(x)).float()
 
     def setup_cache(self, batch: int, max_len: int) -> None:
@@ -253,27 +289,67 @@ class Model(nn.Module):
         top_k: int | None = None,
         generator: torch.Generator | None = None,
         compile: bool = False,
+        attention_mask: Tensor | None = None,
+        eos_token_id: int | Sequence[int] | None = EOS_TOKEN_IDS,
+        pad_token_id: int | None = PAD_TOKEN_ID,
     ) -> Tensor:
-        """Prompt followed by max_new_tokens sampled tokens, (B, T + max_new_tokens).
+        """Prompt followed by up to max_new_tokens new tokens, (B, T + steps).
 
-        temperature 0 is greedy; otherwise sample from softmax(logits / temperature), restricted
-        to the top_k most likely tokens when top_k is given. compile=True runs the one-token
-        decode steps through torch.compile: the first call pays the compilation (seconds to
-        minutes), later steps and calls run several times faster on CPU.
+        attention_mask (B, T), 1 for tokens and 0 for padding, takes left-padded batches (as
+        transformers does for decoder-only models): each row's positions count its own tokens.
+        A row finishes at any eos_token_id (None: never) and then emits pad_token_id (None: the
+        first eos id, as transformers does); generation ends when every row has finished, so
+        `steps` <= max_new_tokens. temperature 0 is greedy; otherwise sample from
+        softmax(logits / temperature), restricted to the top_k most likely tokens when top_k is
+        given. compile=True runs the decode steps through torch.compile: the first call pays the
+        compilation, later steps and calls run several times faster on CPU.
+
+        Raises ValueError when T + max_new_tokens exceeds max_seq_len.
         """
-        T = input_ids.shape[1]
+        B, T = input_ids.shape
+        limit = self.args.max_seq_len
+        if T + max_new_tokens > limit:
+            raise ValueError(
+                f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len {limit}"
+            )
+        eos = stop_tokens(eos_token_id, input_ids.device)
+        pad = pad_token_id if pad_token_id is not None else int(eos[0]) if len(eos) else 0
+        position_ids = key_mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            # Positions as transformers counts them: cumsum(mask) - 1 (0 under the padding).
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+            key_mask = torch.ones(B, T + max_new_tokens, dtype=torch.bool, device=input_ids.device)
+            key_mask[:, :T] = attention_mask.bool()
         decode = self.compiled_forward if compile else self
-        self.setup_cache(input_ids.shape[0], T + max_new_tokens)
+        self.setup_cache(B, T + max_new_tokens)
         try:
             tokens = [input_ids]
-            logits = self(input_ids)[:, -1]  # (B, vocab)
+            logits = self(input_ids, position_ids=position_ids, key_mask=key_mask)[
+                :, -1
+            ]  # (B, vocab)
+            finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
             for i in range(max_new_tokens):
-                tokens.append(sample(logits, temperature, top_k, generator))  # (B, 1)
-                if i + 1 < max_new_tokens:
-                    logits = decode(tokens[-1], start_pos=T + i)[:, -1]
+                token = sample(logits, temperature, top_k, generator)  # (B, 1)
+                tokens.append(token.masked_fill(finished[:, None], pad))
+                finished |= torch.isin(tokens[-1][:, 0], eos)
+                if i + 1 == max_new_tokens or bool(finished.all()):
+                    break
+                if position_ids is not None:
+                    position_ids = position_ids[:, -1:] + 1  # (B, 1)
+                logits = decode(
+                    tokens[-1], start_pos=T + i, position_ids=position_ids, key_mask=key_mask
+                )[:, -1]
         finally:
             self.clear_cache()
         return torch.cat(tokens, dim=1)
+
+
+def stop_tokens(eos_token_id: int | Sequence[int] | None, device: torch.device) -> Tensor:
+    """The eos ids as a 1-D long tensor (empty for None), for torch.isin."""
+    if eos_token_id is None:
+        eos_token_id = ()
+    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    return torch.tensor(ids, dtype=torch.long, device=device)
 
 
 def sample(
