@@ -20,6 +20,7 @@ from typing import BinaryIO
 import click
 
 from backends.cerebras.mapping import CheckpointLayout, rope_row_order
+from backends.checked_reader import hf_config_mismatches, read_json
 from backends.safetensors_format import (
     MAX_HEADER_BYTES,
     CheckpointError,
@@ -28,7 +29,7 @@ from backends.safetensors_format import (
     safetensors_files,
 )
 from spec import ModelSpec, to_hf_config
-from spec.io import MAX_SPEC_BYTES, from_hf_config
+from spec.io import HF_DEFAULTS, hf_checked_values
 from spec.weights import BY_KEY
 
 from .build import GENERATOR, OutputError, write_file_atomically
@@ -252,15 +253,6 @@ def to_hf(
 TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 
-def _architecture(spec: ModelSpec) -> tuple[object, ...]:
-    """What of a spec a checkpoint's tensors and numerics depend on (not its name or dtype)."""
-    return (
-        spec.vocab_size, spec.dim, spec.n_layers, spec.n_heads, spec.n_kv_heads,
-        spec.ffn_dim, spec.norm_eps, spec.rope_theta, spec.rope_scaling, spec.max_seq_len,
-        spec.tie_embeddings,
-    )  # fmt: skip
-
-
 def merged_config(path: Path, spec: ModelSpec, force: bool) -> dict[str, object]:
     """The config.json to write: ours, over an existing one of the same model whose other keys
     (bos/eos_token_id, tokenizer and generation settings, ...) are kept. An existing config of
@@ -269,23 +261,16 @@ def merged_config(path: Path, spec: ModelSpec, force: bool) -> dict[str, object]
     ours = to_hf_config(spec)
     if not path.exists():
         return ours
-    try:
-        if path.stat().st_size > MAX_SPEC_BYTES:
-            raise ValueError("too large")
-        existing = json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError):
-        existing = None
-    try:
-        same = isinstance(existing, dict) and _architecture(
-            from_hf_config(existing, name=spec.name)
-        ) == _architecture(spec)
-    except (ValueError, KeyError, TypeError, AttributeError):
-        same = False  # pydantic's ValidationError and SpecFormatError are ValueErrors
+    try:  # the same reader and the same "describes this model" rule as every loader
+        existing = read_json(path)
+        same = not hf_config_mismatches(existing, str(path), hf_checked_values(spec), HF_DEFAULTS)
+    except CheckpointError:
+        existing, same = {}, False
     if same:
         return {**existing, **ours}
     if not force:
         raise UserError(f"{path} describes another model; use --force to replace it")
-    kept = {k: existing[k] for k in TOKEN_KEYS if isinstance(existing, dict) and k in existing}
+    kept = {k: existing[k] for k in TOKEN_KEYS if k in existing}
     return {**ours, **kept}
 
 

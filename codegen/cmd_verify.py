@@ -137,18 +137,14 @@ def check_fits(spec: ModelSpec, path: Path, tensors: dict[str, np.ndarray]) -> N
 
     try:
         if path.is_dir():
-            check_config(spec, path)
+            check_config(spec, path)  # its message names the config.json
     except CheckpointError as exc:
         raise UserError(str(exc)) from None
-    expected = expected_shapes(spec)
-    faults = sorted(set(expected) ^ set(tensors)) + [
-        f"{name} {list(tensors[name].shape)} (spec needs {list(shape)})"
-        for name, shape in expected.items()
-        if name in tensors and tensors[name].shape != shape
-    ]
-    if faults:
-        shown = ", ".join(checked_reader.shown(fault) for fault in faults[:5])
-        raise UserError(f"{path} does not fit spec {spec.name!r}: {shown}")
+    found = {name: tuple(tensor.shape) for name, tensor in tensors.items()}
+    try:
+        checked_reader.check_names_and_shapes(expected_shapes(spec), found)
+    except checked_reader.CheckpointError as exc:
+        raise UserError(f"{path}: {exc}") from None
 
 
 # The pyproject extra that installs each target's framework.

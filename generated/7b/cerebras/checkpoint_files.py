@@ -435,14 +435,20 @@ def check_hf_config(path: Path, model: dict, defaults: dict) -> None:
     model's values, `defaults` holds transformers' defaults for omitted keys (hf_config_view);
     one CheckpointError lists every mismatch."""
     where = shown(path)
-    theirs = hf_config_view(read_json(path), where, defaults)
-    mismatched = [
+    mismatched = hf_config_mismatches(read_json(path), where, model, defaults)
+    if mismatched:
+        raise CheckpointError(f"{where} describes another model: " + ", ".join(mismatched))
+
+
+def hf_config_mismatches(config: dict, where: str, model: dict, defaults: dict) -> list[str]:
+    """`key value (model has want)` for each key of `model` that the config (read as
+    hf_config_view reads it) gives another value; empty when it describes the model."""
+    theirs = hf_config_view(config, where, defaults)
+    return [
         f"{key} {shown(repr(theirs.get(key)))[:80]} (model has {want!r})"
         for key, want in model.items()
         if theirs.get(key) != want
     ]
-    if mismatched:
-        raise CheckpointError(f"{where} describes another model: " + ", ".join(mismatched))
 
 
 def check_names_and_shapes(
