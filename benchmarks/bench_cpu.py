@@ -66,8 +66,8 @@ def rows() -> list[Row]:
     mask = torch.ones_like(prompt)
     with torch.inference_mode():
         seconds = in_turns({
-            "ours": timed(lambda: ours.generate(prompt, NEW_TOKENS)),
-            "ours compiled": timed(lambda: ours.generate(prompt, NEW_TOKENS, compile=True)),
+            "ours": timed(lambda: ours.generate(prompt, NEW_TOKENS, eos_token_id=None)),
+            "ours compiled": timed(lambda: ours.generate(prompt, NEW_TOKENS, compile=True, eos_token_id=None)),
             "theirs": timed(lambda: theirs.generate(
                 prompt, attention_mask=mask, max_new_tokens=NEW_TOKENS,
                 min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0,

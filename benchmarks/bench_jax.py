@@ -62,7 +62,9 @@ def rows(repeat: int = 5, new: int = 32) -> list[Row]:
 
     prompt = ids[:, : SEQ // 4]
     jax_tokens = np.asarray(jax_pkg.generate(params, prompt, new))
-    torch_tokens = model.generate(torch.from_numpy(prompt), max_new_tokens=new).numpy()
+    torch_tokens = model.generate(
+        torch.from_numpy(prompt), max_new_tokens=new, eos_token_id=None
+    ).numpy()
     agree = float(np.mean(jax_tokens == torch_tokens))
 
     forward_s = in_turns({
@@ -71,7 +73,7 @@ def rows(repeat: int = 5, new: int = 32) -> list[Row]:
     }, repeat)  # fmt: skip
     generate_s = in_turns({
         "jax": timed(lambda: jax_pkg.generate(params, prompt, new).block_until_ready()),
-        "torch": timed(lambda: model.generate(torch.from_numpy(prompt), max_new_tokens=new)),
+        "torch": timed(lambda: model.generate(torch.from_numpy(prompt), max_new_tokens=new, eos_token_id=None)),
     }, repeat)  # fmt: skip
 
     flops = prefill_flops(spec, BATCH * SEQ, SEQ)

@@ -64,8 +64,8 @@ def main() -> None:
     prompt = torch.randint(0, VOCAB, (1, PROMPT), device=DEVICE)
     mask = torch.ones_like(prompt)
     contenders = {
-        "ours eager": lambda: ours.generate(prompt, NEW_TOKENS),
-        "ours compiled": lambda: ours.generate(prompt, NEW_TOKENS, compile=True),
+        "ours eager": lambda: ours.generate(prompt, NEW_TOKENS, eos_token_id=None),
+        "ours compiled": lambda: ours.generate(prompt, NEW_TOKENS, compile=True, eos_token_id=None),
         "transformers": lambda: theirs.generate(
             prompt, attention_mask=mask, max_new_tokens=NEW_TOKENS,
             min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0,
