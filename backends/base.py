@@ -105,6 +105,9 @@ class SpecContext(TemplateContext):
     n_heads: int
     n_kv_heads: int
     head_dim: int
+    head_dim_is_derived: bool  # head_dim == dim // n_heads: emitted as that property, not a field
+    attention_bias: bool  # q/k/v/o projections add biases (emitted only when true)
+    mlp_bias: bool  # gate/up/down projections add biases (emitted only when true)
     hidden_dim: int  # spec.ffn_dim
     norm_eps: float
     rope_theta: float
@@ -129,6 +132,9 @@ class SpecContext(TemplateContext):
             n_heads=spec.n_heads,
             n_kv_heads=spec.n_kv_heads,
             head_dim=spec.head_dim,
+            head_dim_is_derived=spec.head_dim_is_derived,
+            attention_bias=spec.attention_bias,
+            mlp_bias=spec.mlp_bias,
             hidden_dim=spec.ffn_dim,
             norm_eps=spec.norm_eps,
             rope_theta=spec.rope_theta,

@@ -22,7 +22,9 @@ from .base import TemplateContext
 class TableContext(TemplateContext):
     """The weight table and the config.json rules, in one target's spelling of its config."""
 
-    weights: list[dict[str, object]]  # spec.weights.template_rows: names, shape expressions
+    weights: list[
+        dict[str, object]
+    ]  # spec.weights.template_rows: names, shapes (this spec's biases)
     sizes: Mapping[str, int]  # each axis's length under its emitted config attribute
     hf_defaults: Mapping[str, Any]  # transformers' LlamaConfig defaults for omitted keys
     hf_checked: list[tuple[str, str]]  # (config.json key, emitted expression) loaders compare
@@ -36,7 +38,7 @@ class TableContext(TemplateContext):
         """`attribute` spells an emitted config attribute in Python ("args.{}" in torch,
         "config.{}" in JAX, 'SIZES["{}"]' in convert.py)."""
         return cls(
-            weights=template_rows(attribute),
+            weights=template_rows(attribute, spec),
             sizes=sizes_by_attribute(spec),
             hf_defaults=HF_DEFAULTS,
             hf_checked=[(key, attribute.format(name)) for key, _, name in HF_CHECKED],

@@ -179,26 +179,20 @@ def from_hf_config(config: dict[str, Any], name: str = "model") -> ModelSpec:
     missing = [key for key, default in HF_DEFAULTS.items() if default is None and view[key] is None]
     if missing:
         raise KeyError(missing[0])
-    for flag in ("attention_bias", "mlp_bias"):
-        if view[flag]:
-            raise SpecFormatError(f"{flag}: true is not a LLaMA architecture (no biases)")
     if view["hidden_act"] != "silu":
         raise SpecFormatError(f"hidden_act {view['hidden_act']!r}: SwiGLU needs silu")
-    heads = view["num_attention_heads"]
-    head_dim = config.get("head_dim")
-    if head_dim is not None and head_dim * heads != view["hidden_size"]:
-        raise SpecFormatError(
-            f"head_dim {head_dim} x {heads} heads != hidden_size {view['hidden_size']}: "
-            "decoupled head sizes are not supported"
-        )
     dtype = config.get("dtype", config.get("torch_dtype")) or "float32"
     return ModelSpec(
         name=name,
         vocab_size=view["vocab_size"],
         dim=view["hidden_size"],
         n_layers=view["num_hidden_layers"],
-        n_heads=heads,
+        n_heads=view["num_attention_heads"],
+        # transformers: `head_dim = config.head_dim or hidden_size // num_attention_heads`
+        head_dim=config.get("head_dim") or None,
         n_kv_heads=view["num_key_value_heads"],
+        attention_bias=view["attention_bias"],
+        mlp_bias=view["mlp_bias"],
         ffn_dim=view["intermediate_size"],
         norm_eps=view["rms_norm_eps"],
         rope_theta=view["rope_theta"],
@@ -264,8 +258,8 @@ def to_hf_config(spec: ModelSpec) -> dict[str, Any]:
         "rope_theta": spec.rope_theta,
         "rope_scaling": scaling,
         "tie_word_embeddings": spec.tie_embeddings,
-        "attention_bias": False,
-        "mlp_bias": False,
+        "attention_bias": spec.attention_bias,
+        "mlp_bias": spec.mlp_bias,
         "initializer_range": spec.init_std,
         "torch_dtype": spec.dtype.value,
     }
@@ -282,5 +276,5 @@ def to_spec_yaml(spec: ModelSpec) -> str:
 
     Every input field is written; computed ones are derived on reading, so they are left out.
     """
-    data = spec.model_dump(mode="json", exclude_computed_fields=True)
+    data = spec.input_fields()
     return SPEC_FILE_HEADER + yaml.safe_dump(data, sort_keys=False, width=100)

@@ -172,6 +172,12 @@ _POSITIVE_INT: TypeAdapter[int] = TypeAdapter(PositiveInt)
 _MULTIPLIER: TypeAdapter[float | None] = TypeAdapter(FfnMultiplier | None)
 _FFN_WIDTH: TypeAdapter[int] = TypeAdapter(FfnWidth)
 _DIM: TypeAdapter[int] = TypeAdapter(Annotated[int, Field(gt=0, le=MAX_DIM)])
+_HEADS: TypeAdapter[int] = TypeAdapter(HeadCount)
+# Fields added after the first manifests were written: left out of the canonical JSON (and so of
+# the fingerprint, the manifests and spec files) while they hold these values, which every
+# earlier spec had, so specs without them keep their fingerprints and their manifests stay valid.
+# head_dim is left out likewise while it is dim // n_heads (ModelSpec.input_fields).
+LATER_FIELD_DEFAULTS: dict[str, Any] = {"attention_bias": False, "mlp_bias": False}
 
 
 def _valid_or_none(value: Any, kind: TypeAdapter[Any]) -> Any:
@@ -197,6 +203,23 @@ def _resolve_kv_heads(data: dict[str, Any]) -> None:
         n_heads = _valid_or_none(data.get("n_heads"), _POSITIVE_INT)
         if n_heads is not None:
             data["n_kv_heads"] = n_heads
+
+
+def _resolve_head_dim(data: dict[str, Any]) -> None:
+    """head_dim defaults to dim // n_heads, as in transformers' LlamaConfig (`head_dim` absent
+    or null). Raises ValueError when that default is asked for and n_heads does not divide dim."""
+    if data.get("head_dim") is not None:
+        return
+    data.pop("head_dim", None)
+    dim = _valid_or_none(data.get("dim"), _DIM)
+    n_heads = _valid_or_none(data.get("n_heads"), _HEADS)
+    if dim is None or n_heads is None:
+        return
+    if dim % n_heads:
+        raise ValueError(
+            f"dim ({dim}) must be divisible by n_heads ({n_heads}), or head_dim be given"
+        )
+    data["head_dim"] = dim // n_heads
 
 
 def _resolve_ffn_dim(data: dict[str, Any]) -> None:
@@ -257,7 +280,13 @@ class ModelSpec(_Frozen):
     n_layers: Annotated[int, Field(gt=0, le=MAX_LAYERS)]
     """Decoder blocks (attention + feed-forward). HF `num_hidden_layers`, Meta `n_layers`."""
     n_heads: HeadCount
-    """Query heads of each attention layer; head_dim = dim / n_heads. HF `num_attention_heads`."""
+    """Query heads of each attention layer. HF `num_attention_heads`."""
+    head_dim: Annotated[int, Field(gt=0, le=MAX_DIM)] = Field(default=None, validate_default=False)  # type: ignore[assignment]
+    """Features of each query, key and value head; even, for RoPE's pairs. Default: dim //
+    n_heads, as in transformers (`head_dim = config.head_dim or hidden_size //
+    num_attention_heads`); width-pruned models (NVIDIA Minitron) keep the original heads on a
+    narrower residual stream, so q_proj is (n_heads * head_dim, dim). HF `head_dim`; Meta's
+    params.json has no such key (always dim / n_heads)."""
     n_kv_heads: HeadCount = Field(default=None, validate_default=False)  # type: ignore[assignment]
     """Key/value heads (grouped-query attention, Ainslie et al. 2023, arXiv:2305.13245); each
     serves n_heads / n_kv_heads consecutive query heads. Default: n_heads (multi-head attention).
@@ -278,6 +307,12 @@ class ModelSpec(_Frozen):
     max_seq_len: Annotated[int, Field(gt=0, le=MAX_SEQ_LEN)] = 2048
     """Longest sequence (tokens): the size of the RoPE tables and KV caches emitted. HF
     `max_position_embeddings`."""
+    attention_bias: bool = False
+    """Whether q, k, v and o projections add a bias (transformers' LlamaConfig `attention_bias`;
+    false for every Meta LLaMA, true e.g. for InternLM-style checkpoints)."""
+    mlp_bias: bool = False
+    """Whether the gate, up and down projections add a bias (transformers' LlamaConfig
+    `mlp_bias`; false for every Meta LLaMA)."""
     tie_embeddings: bool = False
     """Whether the output head reuses the token embedding matrix (no separate lm_head.weight).
     HF `tie_word_embeddings`; false for every LLaMA."""
@@ -312,6 +347,7 @@ class ModelSpec(_Frozen):
             return data
         data = dict(data)
         _resolve_kv_heads(data)
+        _resolve_head_dim(data)
         _resolve_ffn_dim(data)
         return data
 
@@ -330,11 +366,11 @@ class ModelSpec(_Frozen):
 
     @model_validator(mode="after")
     def _check_shapes(self) -> ModelSpec:
-        if self.dim % self.n_heads:
-            raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
-        if (self.dim // self.n_heads) % 2:
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim ({self.head_dim}) must be even for RoPE")
+        if self.n_heads * self.head_dim > MAX_DIM:
             raise ValueError(
-                f"head_dim = dim / n_heads = {self.dim // self.n_heads} must be even for RoPE"
+                f"n_heads x head_dim ({self.n_heads * self.head_dim}) exceeds the limit {MAX_DIM}"
             )
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_kv_heads ({self.n_kv_heads}) must divide n_heads ({self.n_heads})")
@@ -349,10 +385,10 @@ class ModelSpec(_Frozen):
                 raise ValueError(f"{key} ({value}) is not below vocab_size ({self.vocab_size})")
         return self
 
-    @computed_field
     @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
+    def head_dim_is_derived(self) -> bool:
+        """Whether head_dim is transformers' default, dim // n_heads (not a decoupled width)."""
+        return self.head_dim * self.n_heads == self.dim
 
     @computed_field
     @property
@@ -363,8 +399,14 @@ class ModelSpec(_Frozen):
     @computed_field
     @property
     def params_per_layer(self) -> int:
-        attention = 2 * self.dim * self.dim + 2 * self.dim * self.n_kv_heads * self.head_dim
-        return attention + 3 * self.dim * self.ffn_dim + 2 * self.dim
+        """Weights (and biases, if any) of one decoder layer: q/o are (n_heads * head_dim) x
+        dim, k/v (n_kv_heads * head_dim) x dim, the SwiGLU three ffn_dim x dim, two norms."""
+        q_width, kv_width = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        attention = 2 * self.dim * q_width + 2 * self.dim * kv_width
+        if self.attention_bias:  # q, k, v biases of their output widths; o's of dim
+            attention += q_width + 2 * kv_width + self.dim
+        mlp = 3 * self.dim * self.ffn_dim + (2 * self.ffn_dim + self.dim) * self.mlp_bias
+        return attention + mlp + 2 * self.dim
 
     @computed_field
     @property
@@ -376,8 +418,10 @@ class ModelSpec(_Frozen):
     @computed_field
     @property
     def flops_per_token_forward(self) -> int:
-        """2 * params + 2 * n_layers * max_seq_len * dim (Kaplan et al.; attention at full context)."""
-        return 2 * self.param_count + 2 * self.n_layers * self.max_seq_len * self.dim
+        """2 * params + 2 * n_layers * max_seq_len * n_heads * head_dim (Kaplan et al. 2020,
+        Table 1, with d_attn = n_heads * head_dim; attention at full context)."""
+        d_attn = self.n_heads * self.head_dim
+        return 2 * self.param_count + 2 * self.n_layers * self.max_seq_len * d_attn
 
     @computed_field
     @property
@@ -412,20 +456,28 @@ class ModelSpec(_Frozen):
             return [_llama3_scale(f, scaling) for f in inv]
         return inv
 
+    def input_fields(self, exclude: frozenset[str] = frozenset()) -> dict[str, Any]:
+        """The fields as JSON values (no computed ones), less `exclude` and the later fields
+        that hold the value every earlier spec had (LATER_FIELD_DEFAULTS, head_dim when it is
+        dim // n_heads): what spec files, manifests and the fingerprint hold."""
+        data = self.model_dump(mode="json", exclude_computed_fields=True, exclude=set(exclude))
+        for key, default in LATER_FIELD_DEFAULTS.items():
+            if data.get(key, not default) == default:
+                del data[key]
+        if self.head_dim_is_derived:
+            data.pop("head_dim", None)
+        return data
+
     def canonical_json(self) -> str:
-        """The whole spec as sorted JSON (fields only, training included): what a build is
+        """The whole spec as sorted JSON (input_fields, training included): what a build is
         reproducible from, written into every manifest."""
-        return json.dumps(
-            self.model_dump(mode="json", exclude_computed_fields=True), sort_keys=True
-        )
+        return json.dumps(self.input_fields(), sort_keys=True)
 
     def fingerprint(self) -> str:
         """sha256 (hex) of the architecture: the canonical JSON without the training recipe and
         the token ids (NOT_ARCHITECTURE). Printed in every emitted file's header, so a new
         learning rate or eos token changes no header."""
-        architecture = self.model_dump(
-            mode="json", exclude_computed_fields=True, exclude=set(NOT_ARCHITECTURE)
-        )
+        architecture = self.input_fields(exclude=NOT_ARCHITECTURE)
         return hashlib.sha256(json.dumps(architecture, sort_keys=True).encode()).hexdigest()
 
 

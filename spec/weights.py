@@ -43,6 +43,7 @@ class Init(str, Enum):
 
     normal = "normal"  # normal(0, init_std)
     ones = "ones"  # RMSNorm gains
+    zeros = "zeros"  # biases (transformers' LlamaPreTrainedModel zeroes nn.Linear biases)
 
 
 class TensorParallel(str, Enum):
@@ -65,7 +66,7 @@ class WeightInfo:
 
     key: str  # our name for it: the JAX params leaf, the Cerebras/torch context's handle
     hf: str  # Hugging Face name
-    meta: str  # Meta (consolidated.NN.pth) name
+    meta: str | None  # Meta (consolidated.NN.pth) name; None: Meta checkpoints have none (biases)
     cerebras: str  # Cerebras Model Zoo name
     dims: Dims  # Hugging Face (out, in) layout, in logical axes
     init: Init
@@ -73,6 +74,8 @@ class WeightInfo:
     rope_heads: LogicalAxis | None = None  # q/k: rows permuted between RoPE layouts, per head
     meta_shard_dim: int | None = None  # dim Meta's model-parallel shards split; None: replicated
     tied_absent: bool = False  # not a tensor of its own when the embeddings are tied
+    # A bias: present only when this ModelSpec flag is true (attention_bias, mlp_bias)
+    bias_flag: str | None = None
 
     @property
     def per_layer(self) -> bool:
@@ -150,6 +153,17 @@ WEIGHTS: tuple[WeightInfo, ...] = (
         meta_shard_dim=0,
     ),
     WeightInfo(
+        key="bq",
+        hf="model.layers.{i}.self_attn.q_proj.bias",
+        meta=None,
+        cerebras="transformer_decoder.layers.{i}.self_attn.proj_q_dense_layer.bias",
+        dims=((_L.heads, _L.head_dim),),
+        init=Init.zeros,
+        tensor_parallel=TensorParallel.colwise,
+        rope_heads=_L.heads,
+        bias_flag="attention_bias",
+    ),
+    WeightInfo(
         key="wk",
         hf="model.layers.{i}.self_attn.k_proj.weight",
         meta="layers.{i}.attention.wk.weight",
@@ -159,6 +173,17 @@ WEIGHTS: tuple[WeightInfo, ...] = (
         tensor_parallel=TensorParallel.colwise,
         rope_heads=_L.kv_heads,
         meta_shard_dim=0,
+    ),
+    WeightInfo(
+        key="bk",
+        hf="model.layers.{i}.self_attn.k_proj.bias",
+        meta=None,
+        cerebras="transformer_decoder.layers.{i}.self_attn.proj_k_dense_layer.bias",
+        dims=((_L.kv_heads, _L.head_dim),),
+        init=Init.zeros,
+        tensor_parallel=TensorParallel.colwise,
+        rope_heads=_L.kv_heads,
+        bias_flag="attention_bias",
     ),
     WeightInfo(
         key="wv",
@@ -171,6 +196,16 @@ WEIGHTS: tuple[WeightInfo, ...] = (
         meta_shard_dim=0,
     ),
     WeightInfo(
+        key="bv",
+        hf="model.layers.{i}.self_attn.v_proj.bias",
+        meta=None,
+        cerebras="transformer_decoder.layers.{i}.self_attn.proj_v_dense_layer.bias",
+        dims=((_L.kv_heads, _L.head_dim),),
+        init=Init.zeros,
+        tensor_parallel=TensorParallel.colwise,
+        bias_flag="attention_bias",
+    ),
+    WeightInfo(
         key="wo",
         hf="model.layers.{i}.self_attn.o_proj.weight",
         meta="layers.{i}.attention.wo.weight",
@@ -179,6 +214,16 @@ WEIGHTS: tuple[WeightInfo, ...] = (
         init=Init.normal,
         tensor_parallel=TensorParallel.rowwise,
         meta_shard_dim=1,
+    ),
+    WeightInfo(
+        key="bo",
+        hf="model.layers.{i}.self_attn.o_proj.bias",
+        meta=None,
+        cerebras="transformer_decoder.layers.{i}.self_attn.proj_output_dense_layer.bias",
+        dims=((_L.embed,),),
+        init=Init.zeros,
+        tensor_parallel=TensorParallel.replicated,
+        bias_flag="attention_bias",
     ),
     WeightInfo(
         key="mlp_norm",
@@ -200,6 +245,16 @@ WEIGHTS: tuple[WeightInfo, ...] = (
         meta_shard_dim=0,
     ),
     WeightInfo(
+        key="b_gate",
+        hf="model.layers.{i}.mlp.gate_proj.bias",
+        meta=None,
+        cerebras="transformer_decoder.layers.{i}.ffn.ffn.0.linear_layer_for_glu.bias",
+        dims=((_L.mlp,),),
+        init=Init.zeros,
+        tensor_parallel=TensorParallel.colwise,
+        bias_flag="mlp_bias",
+    ),
+    WeightInfo(
         key="w_up",
         hf="model.layers.{i}.mlp.up_proj.weight",
         meta="layers.{i}.feed_forward.w3.weight",
@@ -210,6 +265,16 @@ WEIGHTS: tuple[WeightInfo, ...] = (
         meta_shard_dim=0,
     ),
     WeightInfo(
+        key="b_up",
+        hf="model.layers.{i}.mlp.up_proj.bias",
+        meta=None,
+        cerebras="transformer_decoder.layers.{i}.ffn.ffn.0.linear_layer.bias",
+        dims=((_L.mlp,),),
+        init=Init.zeros,
+        tensor_parallel=TensorParallel.colwise,
+        bias_flag="mlp_bias",
+    ),
+    WeightInfo(
         key="w_down",
         hf="model.layers.{i}.mlp.down_proj.weight",
         meta="layers.{i}.feed_forward.w2.weight",
@@ -218,6 +283,16 @@ WEIGHTS: tuple[WeightInfo, ...] = (
         init=Init.normal,
         tensor_parallel=TensorParallel.rowwise,
         meta_shard_dim=1,
+    ),
+    WeightInfo(
+        key="b_down",
+        hf="model.layers.{i}.mlp.down_proj.bias",
+        meta=None,
+        cerebras="transformer_decoder.layers.{i}.ffn.ffn.1.linear_layer.bias",
+        dims=((_L.embed,),),
+        init=Init.zeros,
+        tensor_parallel=TensorParallel.replicated,
+        bias_flag="mlp_bias",
     ),
     WeightInfo(
         key="norm",
@@ -272,10 +347,18 @@ def axis_sizes(spec: ModelSpec) -> dict[LogicalAxis, int]:
     }
 
 
+def has_bias_rows(spec: ModelSpec | None, weight: WeightInfo) -> bool:
+    """Whether `weight` is a tensor of `spec`'s layers as far as biases go (None: a spec with no
+    biases, as every LLaMA and every Meta checkpoint)."""
+    return weight.bias_flag is None or bool(spec is not None and getattr(spec, weight.bias_flag))
+
+
 def present(spec_or_tied: ModelSpec | bool) -> tuple[WeightInfo, ...]:
-    """The table's rows a model has (no lm_head when the embeddings are tied)."""
-    tied = spec_or_tied if isinstance(spec_or_tied, bool) else spec_or_tied.tie_embeddings
-    return tuple(w for w in WEIGHTS if not (tied and w.tied_absent))
+    """The table's rows a model has: no lm_head when the embeddings are tied, biases only when
+    the spec has them (given only `tied`, a model without biases)."""
+    spec = None if isinstance(spec_or_tied, bool) else spec_or_tied
+    tied = spec_or_tied if spec is None else spec.tie_embeddings
+    return tuple(w for w in WEIGHTS if not (tied and w.tied_absent) and has_bias_rows(spec, w))
 
 
 def hf_name(key: str, layer: int | None = None) -> str:
@@ -328,9 +411,10 @@ def sizes_by_attribute(spec: ModelSpec) -> dict[str, int]:
     return {CONFIG_ATTRIBUTES[axis]: size for axis, size in axis_sizes(spec).items()}
 
 
-def template_rows(template: str) -> list[dict[str, object]]:
+def template_rows(template: str, spec: ModelSpec | None = None) -> list[dict[str, object]]:
     """The table as templates print it: names, and the shape as an expression over the emitted
-    config (see WeightInfo.shape_expr)."""
+    config (see WeightInfo.shape_expr). Bias rows only where `spec` has those biases; the head
+    is listed even when tied (templates test `tied_absent`)."""
     return [
         {
             "key": w.key,
@@ -350,6 +434,8 @@ def template_rows(template: str) -> list[dict[str, object]]:
             "tensor_parallel": w.tensor_parallel.value,
             "jax_transposed": w.jax_transposed,
             "module": w.module,
+            "is_bias": w.bias_flag is not None,
         }
         for w in WEIGHTS
+        if has_bias_rows(spec, w)
     ]

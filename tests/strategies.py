@@ -25,18 +25,25 @@ def rope_scalings(draw: st.DrawFn) -> LinearRopeScaling | Llama3RopeScaling | No
 
 
 @st.composite
-def tiny_specs(draw: st.DrawFn, max_seq_len: int = 128) -> ModelSpec:
-    """MHA/GQA/MQA, tied or not, any rope theta and scaling, odd vocab sizes."""
+def tiny_specs(draw: st.DrawFn, max_seq_len: int = 128, biases: bool = False) -> ModelSpec:
+    """MHA/GQA/MQA, tied or not, any rope theta and scaling, odd vocab sizes; head_dim
+    sometimes decoupled from dim (width-pruned, Minitron-style: n_heads * head_dim != dim);
+    with `biases`, attention_bias and mlp_bias drawn too (the cerebras target has none)."""
     n_heads = draw(st.sampled_from([1, 2, 4]))
     n_kv_heads = draw(st.sampled_from([k for k in (1, 2, 4) if n_heads % k == 0]))
     head_dim = draw(st.sampled_from([8, 16, 32]))
+    dim = draw(st.one_of(st.just(n_heads * head_dim), st.sampled_from([24, 40, 96])))
+    flags = st.booleans() if biases else st.just(False)
     return ModelSpec(
         name="tiny-random",
         vocab_size=draw(st.integers(17, 700)),
-        dim=n_heads * head_dim,
+        dim=dim,
         n_layers=draw(st.integers(1, 3)),
         n_heads=n_heads,
+        head_dim=head_dim,
         n_kv_heads=n_kv_heads,
+        attention_bias=draw(flags),
+        mlp_bias=draw(flags),
         ffn_dim=draw(st.integers(8, 160)),
         norm_eps=draw(st.sampled_from([1e-5, 1e-6])),
         rope_theta=draw(st.sampled_from([10000.0, 500000.0, 77.0])),

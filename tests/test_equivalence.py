@@ -28,7 +28,7 @@ def load_runner(target: str, dtype: str, spec, weights, workdir: Path):
 @pytest.mark.parametrize(("target", "dtype"), CASES)
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1))
 def test_forward_matches_float64_oracle(target, dtype, data, seed):
-    spec = data.draw(tiny_specs(), label="spec")
+    spec = data.draw(tiny_specs(biases=target != "cerebras"), label="spec")
     tokens = np.array(data.draw(token_batches(spec), label="tokens"))
     # Measured: at weight std 0.3 bf16 rounding alone gives 1.1% median and 2.3% worst relative
     # error (transformers' bf16 LlamaForCausalLM the same), so bf16 draws stop at std 0.1
@@ -45,8 +45,9 @@ def test_forward_matches_float64_oracle(target, dtype, data, seed):
 
 
 @pytest.mark.parametrize("target", list(ADAPTERS))
-@given(data=st.data(), spec=tiny_specs(), seed=st.integers(0, 2**32 - 1))
-def test_kv_cache_decode_equals_full_forward(target, data, spec, seed):
+@given(data=st.data(), seed=st.integers(0, 2**32 - 1))
+def test_kv_cache_decode_equals_full_forward(target, data, seed):
+    spec = data.draw(tiny_specs(biases=target != "cerebras"), label="spec")
     tokens = np.array(data.draw(token_batches(spec), label="tokens"))
     prefill = data.draw(st.integers(1, tokens.shape[1]), label="prefill")
     weights = random_weights(spec, seed, 0.1)

@@ -67,7 +67,7 @@ def test_the_training_recipe_is_outside_the_fingerprint_and_the_headers():
         ({"ffn_dim": 100, "ffn_dim_multiplier": 1.3}, "contradicts Meta's rule"),
         ({"multiple_of": 0}, "multiple_of: Input should be greater than 0"),
         ({"ffn_dim_multiplier": "x"}, "ffn_dim_multiplier: Input should be a valid number"),
-        ({"head_dim": 8}, "head_dim (8) is derived"),
+        ({"kv_groups": 2}, "kv_groups (2) is derived"),  # head_dim is an input (issue 13)
     ],
 )
 def test_contradictions_are_refused(changes, words):

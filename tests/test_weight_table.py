@@ -18,6 +18,7 @@ from spec.weights import (
     WEIGHTS,
     by_hf_name,
     hf_shapes,
+    present,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,14 +26,20 @@ GQA_TIED = ModelSpec(
     name="gqa-tied", vocab_size=300, dim=96, n_layers=3, n_heads=6, n_kv_heads=2, ffn_dim=160,
     tie_embeddings=True,
 )  # fmt: skip
+# Decoupled head_dim (4 x 32 on a stream of 96) and every bias (transformers' attention_bias,
+# mlp_bias): the rows a LLaMA lacks.
+BIASED = ModelSpec(
+    name="biased", vocab_size=300, dim=96, n_layers=2, n_heads=4, head_dim=32, n_kv_heads=2,
+    ffn_dim=160, attention_bias=True, mlp_bias=True,
+)  # fmt: skip
 # Every weight name the table holds, and the tail that identifies one inside a longer string
 # (`q_proj.weight`, `attention.wq.weight`, `proj_q_dense_layer.weight`).
-NAMES = {name for w in WEIGHTS for name in (w.hf, w.meta, w.cerebras)}
+NAMES = {name for w in WEIGHTS for name in (w.hf, w.meta, w.cerebras) if name is not None}
 NAMES |= {CEREBRAS_FINAL_NORM_ALIAS, META_ROPE_FREQS}
 TAILS = {".".join(name.split(".")[-2:]) for name in NAMES}
 
 
-@pytest.mark.parametrize("spec", [get_preset("tiny"), GQA_TIED], ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", [get_preset("tiny"), GQA_TIED, BIASED], ids=lambda s: s.name)
 def test_names_and_shapes_are_transformers_state_dict(spec):
     """hf_shapes is exactly LlamaForCausalLM's state dict (a tied model lists lm_head once,
     under the embedding), names and shapes."""
@@ -114,11 +121,13 @@ def test_every_name_in_emitted_loaders_comes_from_the_table(target, file, tmp_pa
     named = {text for text in literals if any(tail in text for tail in TAILS)}
     assert named <= NAMES, named - NAMES
     column = {"torch": "meta", "jax": "hf", "cerebras": "cerebras"}[target]
-    assert {w.hf for w in WEIGHTS} <= named
-    assert {getattr(w, column) for w in WEIGHTS} <= named
+    rows = present(get_preset("tiny"))  # no biases: those rows are emitted only when present
+    assert {w.hf for w in rows} <= named
+    assert {getattr(w, column) for w in rows} <= named
 
 
-def test_emitted_models_hold_the_table(tmp_path):
+@pytest.mark.parametrize("spec", [GQA_TIED, BIASED], ids=lambda s: s.name)
+def test_emitted_models_hold_the_table(spec, tmp_path):
     """The model templates (which print module and params names of their own) agree with the
     table: torch parameters are hf_shapes, JAX params sit at each row's jax_path in its layout,
     and fresh weights follow each row's initialiser."""
@@ -126,9 +135,8 @@ def test_emitted_models_hold_the_table(tmp_path):
     import numpy as np
 
     from codegen.verifier.emitted import import_package
-    from spec.weights import Init, present
+    from spec.weights import Init
 
-    spec = GQA_TIED
     torch_package = import_package(build_target(spec, "torch", tmp_path))
     model = torch_package.Model()
     params = dict(model.named_parameters())
@@ -148,5 +156,7 @@ def test_emitted_models_hold_the_table(tmp_path):
         for held in (params[name].detach().numpy(), np.asarray(values, np.float32)):
             if weight.init is Init.ones:
                 assert (held == 1).all(), name
+            elif weight.init is Init.zeros:
+                assert (held == 0).all(), name
             else:
                 assert abs(held.std() - spec.init_std) < 0.2 * spec.init_std, name

@@ -208,6 +208,8 @@ class ModelZooKeys(TemplateContext):
 
     hidden_size: int
     rotary_dim: int
+    # n_heads * head_dim when it is not hidden_size (decoupled head_dim; Model Zoo 2.4+), else None
+    attention_inner_dim: int | None
     share_embedding_weights: bool
     max_position_embeddings: int
     num_hidden_layers: int
@@ -223,6 +225,7 @@ class ModelZooKeys(TemplateContext):
         return cls(
             hidden_size=spec.dim,
             rotary_dim=spec.head_dim,
+            attention_inner_dim=None if spec.head_dim_is_derived else spec.n_heads * spec.head_dim,
             share_embedding_weights=spec.tie_embeddings,
             max_position_embeddings=spec.max_seq_len,
             num_hidden_layers=spec.n_layers,
@@ -264,6 +267,19 @@ def readme_context(config: ConfigContext, spec: ModelSpec) -> ReadmeContext:
     return ReadmeContext(config, f"{train_bytes / 1e6:,.1f} MB", suggest_tiny=False)
 
 
+def check_expressible(spec: ModelSpec) -> None:
+    """Raise OptionError for what this target does not emit: biases (the Model Zoo has the keys,
+    use_projection_bias_in_attention, use_ffn_bias_in_attention and use_ffn_bias, but model.py
+    and convert.py here are bias-free, and the interleaved RoPE rows of q/k biases are not
+    converted)."""
+    flags = [flag for flag in ("attention_bias", "mlp_bias") if getattr(spec, flag)]
+    if flags:
+        raise OptionError(
+            f"{' and '.join(flags)}: the cerebras target emits bias-free projections only "
+            "(torch, jax and onnx support them)"
+        )
+
+
 class CerebrasBackend:
     name = "cerebras"
     description = (
@@ -274,6 +290,7 @@ class CerebrasBackend:
     filters: ClassVar[dict[str, Any]] = {"yaml": yaml_scalar}
 
     def plan(self, spec: ModelSpec, options: BuildOptions) -> list[Artifact]:
+        check_expressible(spec)
         model = model_context(spec, options)
         config = ConfigContext(
             model.spec,
@@ -284,13 +301,13 @@ class CerebrasBackend:
         train = TrainContext(
             model.spec, model.names, f"params_{spec.name}.yaml", spec.training.seq_len
         )
+        legacy = Rendered(
+            f"configs/legacy/params_{spec.name}.yaml", "configs/legacy/params.yaml.jinja", config
+        )
         return [
             Rendered(f"configs/params_{spec.name}.yaml", "configs/params.yaml.jinja", config),
-            Rendered(
-                f"configs/legacy/params_{spec.name}.yaml",
-                "configs/legacy/params.yaml.jinja",
-                config,
-            ),
+            # Model Zoo <= 2.3's GPT2LMHeadModel has no attention_inner_dim: no legacy file then
+            *([legacy] if spec.head_dim_is_derived else []),
             Rendered("model.py", "model.py.jinja", model),
             Rendered("train.py", "train.py.jinja", train),
             Rendered("convert.py", "convert.py.jinja", model),

@@ -88,10 +88,14 @@ class GraphBuilder:
         """Rotate pairs (i, i + head_dim/2) of each head of x (B, T, heads * head_dim)."""
         return self.op("RotaryEmbedding", [x, *tables], output, interleaved=0, num_heads=heads)
 
-    def linear(self, x: str, weight: str, output: str) -> str:
-        """x @ weight.T for a Hugging Face [out, in] weight."""
+    def linear(self, x: str, weight: str, output: str, bias: str | None = None) -> str:
+        """x @ weight.T (+ bias [out]) for a Hugging Face [out, in] weight."""
         transposed = self.op("Transpose", [weight], weight + ".T", perm=[1, 0])
-        return self.op("MatMul", [x, transposed], output)
+        if bias is None:
+            return self.op("MatMul", [x, transposed], output)
+        return self.op(
+            "Add", [self.op("MatMul", [x, transposed], output + ".matmul"), bias], output
+        )
 
 
 def tensor_info(name: str, dtype: int, shape: list[int | str]) -> ValueInfoProto:
@@ -134,6 +138,14 @@ def rope_tables(g: GraphBuilder, spec: ModelSpec, with_past: bool) -> tuple[str,
     return tables[0], tables[1]
 
 
+def projection(
+    g: GraphBuilder, w: dict[str, str], x: str, key: str, bias: str, i: int, out: str
+) -> str:
+    """Layer i's HF Linear `key` applied to x, with its bias row `bias` when the weights hold it
+    (attention_bias, mlp_bias)."""
+    return g.linear(x, w[hf_name(key, i)], out, w.get(hf_name(bias, i)))
+
+
 def attention(
     g: GraphBuilder,
     spec: ModelSpec,
@@ -147,9 +159,9 @@ def attention(
     layer's KV cache (past_key_values.{i}.* -> present.{i}.*)."""
     out = f"layers.{i}."
     h = g.rms_norm(x, w[hf_name("attn_norm", i)], spec.norm_eps, out + "attn_norm")
-    q = g.linear(h, w[hf_name("wq", i)], out + "q")  # (B, T, n_heads * head_dim)
-    k = g.linear(h, w[hf_name("wk", i)], out + "k")  # (B, T, kv_heads * head_dim)
-    v = g.linear(h, w[hf_name("wv", i)], out + "v")
+    q = projection(g, w, h, "wq", "bq", i, out + "q")  # (B, T, n_heads * head_dim)
+    k = projection(g, w, h, "wk", "bk", i, out + "k")  # (B, T, kv_heads * head_dim)
+    v = projection(g, w, h, "wv", "bv", i, out + "v")
     q = g.rope(q, rope, spec.n_heads, out + "q_rope")
     k = g.rope(k, rope, spec.n_kv_heads, out + "k_rope")
     cache_in = ["", f"past_key_values.{i}.key", f"past_key_values.{i}.value"] if with_past else []
@@ -163,7 +175,7 @@ def attention(
         kv_num_heads=spec.n_kv_heads,
         scale=float(1 / np.sqrt(spec.head_dim)),
     )[0]  # (B, T, n_heads * head_dim)
-    y = g.linear(y, w[hf_name("wo", i)], out + "attn_out")
+    y = projection(g, w, y, "wo", "bo", i, out + "attn_out")  # (B, T, dim)
     return g.op("Add", [x, y], out + "attn_residual")
 
 
@@ -171,10 +183,12 @@ def mlp(g: GraphBuilder, spec: ModelSpec, i: int, w: dict[str, str], x: str) -> 
     """x + down(silu(gate(h)) * up(h)) with h = RMSNorm(x), for layer i."""
     out = f"layers.{i}."
     h = g.rms_norm(x, w[hf_name("mlp_norm", i)], spec.norm_eps, out + "mlp_norm")
-    gate = g.linear(h, w[hf_name("w_gate", i)], out + "gate")  # (B, T, hidden_dim)
-    up = g.linear(h, w[hf_name("w_up", i)], out + "up")
+    gate = projection(g, w, h, "w_gate", "b_gate", i, out + "gate")  # (B, T, hidden_dim)
+    up = projection(g, w, h, "w_up", "b_up", i, out + "up")
     silu = g.op("Mul", [gate, g.op("Sigmoid", [gate], out + "gate_sigmoid")], out + "silu")
-    y = g.linear(g.op("Mul", [silu, up], out + "swiglu"), w[hf_name("w_down", i)], out + "mlp_out")
+    y = projection(
+        g, w, g.op("Mul", [silu, up], out + "swiglu"), "w_down", "b_down", i, out + "mlp_out"
+    )
     return g.op("Add", [x, y], out + "mlp_residual")
 
 

@@ -44,7 +44,8 @@ def plan_rows(parallel: ParallelSpec) -> list[tuple[WeightInfo, str]]:
     return [
         (weight, _STYLES[weight.tensor_parallel, weight.per_layer])
         for weight in WEIGHTS
-        if weight.tensor_parallel is not TensorParallel.replicated
+        if weight.bias_flag is None  # a bias follows its module's style (torch shards it alike)
+        and weight.tensor_parallel is not TensorParallel.replicated
         and parallel.shards(split_axis(weight), "tensor")
     ]
 
@@ -119,4 +120,4 @@ def parallel_context(spec: ModelSpec, options: BuildOptions) -> ParallelContext:
 
 def _is_norm(weight: WeightInfo) -> bool:
     """Norms hold no split axis; under sequence parallelism they run on a slice of the sequence."""
-    return weight.tensor_parallel is TensorParallel.replicated
+    return weight.tensor_parallel is TensorParallel.replicated and weight.bias_flag is None

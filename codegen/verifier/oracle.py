@@ -79,17 +79,22 @@ def forward(spec: ModelSpec, weights: dict[str, np.ndarray], tokens: np.ndarray)
         positions = np.arange(T, dtype=np.float64)
         x = w[hf_name("embed")][seq]
         for i in range(spec.n_layers):
+
+            def proj(h: np.ndarray, key: str, bias: str, i: int = i) -> np.ndarray:
+                """h @ W.T (+ b when the spec has that bias): an HF (out, in) Linear."""
+                out = h @ w[hf_name(key, i)].T
+                return out + w[hf_name(bias, i)] if hf_name(bias, i) in w else out
+
             h = rms_norm(x, w[hf_name("attn_norm", i)], spec.norm_eps)
-            q = (h @ w[hf_name("wq", i)].T).reshape(T, spec.n_heads, spec.head_dim)
-            k = (h @ w[hf_name("wk", i)].T).reshape(T, spec.n_kv_heads, -1)
-            v = (h @ w[hf_name("wv", i)].T).reshape(T, spec.n_kv_heads, -1)
+            q = proj(h, "wq", "bq").reshape(T, spec.n_heads, spec.head_dim)
+            k = proj(h, "wk", "bk").reshape(T, spec.n_kv_heads, spec.head_dim)
+            v = proj(h, "wv", "bv").reshape(T, spec.n_kv_heads, spec.head_dim)
             q, k = rotate(q, positions, freqs), rotate(k, positions, freqs)
-            y = attention(q, k, v, spec.kv_groups).reshape(T, spec.dim)
-            x = x + y @ w[hf_name("wo", i)].T
+            y = attention(q, k, v, spec.kv_groups).reshape(T, spec.n_heads * spec.head_dim)
+            x = x + proj(y, "wo", "bo")
             h = rms_norm(x, w[hf_name("mlp_norm", i)], spec.norm_eps)
-            gate = h @ w[hf_name("w_gate", i)].T
-            up = h @ w[hf_name("w_up", i)].T
-            x = x + (silu(gate) * up) @ w[hf_name("w_down", i)].T
+            gate, up = proj(h, "w_gate", "b_gate"), proj(h, "w_up", "b_up")
+            x = x + proj(silu(gate) * up, "w_down", "b_down")
         x = rms_norm(x, w[hf_name("norm")], spec.norm_eps)
         head = w[hf_name("embed" if spec.tie_embeddings else "lm_head")]
         batch.append(x @ head.T)
