@@ -56,8 +56,11 @@ CORPUS: dict[str, Entry] = {
     "llama-7b-hf": Entry("llama-7b-hf/config.json", (7, 1e9, 0)),
     "llama-7b-meta": Entry("llama-7b/params.json", (7, 1e9, 0)),
     "Llama-2-7b": Entry("Llama-2-7b-hf/config.json", (6.74, 1e9, 2)),  # Hub: 6.74B params
+    "Llama-2-7b-meta": Entry("llama-2-7b/params.json", (7, 1e9, 0)),  # vocab_size -1 too
     "CodeLlama-7b": Entry("CodeLlama-7b-hf/config.json", (7, 1e9, 0)),
     "Meta-Llama-3-8B": Entry("Meta-Llama-3-8B/config.json", (8.03, 1e9, 2)),  # Hub: 8.03B
+    # Meta's params.json of Llama 3 (original/ on the Hub): FFN by rule, x1.3, multiple of 1024
+    "Meta-Llama-3-8B-meta": Entry("Meta-Llama-3-8B-original/params.json", (8, 1e9, 0)),
     "Llama-3.1-8B": Entry("Llama-3.1-8B/config.json", (8.03, 1e9, 2)),  # Hub: 8.03B
     "Llama-3.2-1B": Entry("Llama-3.2-1B/config.json", (1.24, 1e9, 2)),  # Hub: 1.24B
     "TinyLlama-1.1B": Entry("TinyLlama-1.1B/config.json", (1.1, 1e9, 1)),
@@ -191,12 +194,26 @@ def test_show_reads_every_field_as_transformers_does(name):
     assert ours == theirs
 
 
-def test_both_forms_of_llama_1_count_the_same_model():
-    """Meta's params.json (vocab_size -1, FFN by rule) and transformers' conversion of the same
-    weights (config.json) are one model: 6,738,415,616 parameters."""
-    meta = shown_parameters(CONFIGS / CORPUS["llama-7b-meta"].file)
-    assert meta == transformers_parameter_count(CONFIGS / CORPUS["llama-7b-hf"].file)
-    assert meta == 6_738_415_616
+# Meta's params.json of a model -> the published config.json of the same weights.
+META_AND_HF_FORMS = {
+    "llama-7b-meta": "llama-7b-hf",
+    "Llama-2-7b-meta": "Llama-2-7b",
+    "Meta-Llama-3-8B-meta": "Meta-Llama-3-8B",
+}
+
+
+@pytest.mark.parametrize("meta", META_AND_HF_FORMS)
+def test_meta_and_hf_forms_read_as_the_same_model(meta):
+    """Meta's params.json (vocab_size -1, the FFN by rule) is the model whose converted
+    config.json the publisher put on the Hub: the same count as transformers builds from that
+    config.json, and the same architecture fields."""
+    hf = CONFIGS / CORPUS[META_AND_HF_FORMS[meta]].file
+    assert shown_parameters(CONFIGS / CORPUS[meta].file) == transformers_parameter_count(hf)
+    ours_meta, _ = ours_and_theirs(CONFIGS / CORPUS[meta].file)
+    ours_hf, _ = ours_and_theirs(hf)
+    for key in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "norm_eps"):
+        assert ours_meta[key] == ours_hf[key], key
+    assert ours_meta["rope_theta"] == ours_hf["rope_theta"]
 
 
 @pytest.mark.parametrize("name", PENDING)
@@ -217,6 +234,13 @@ def tiny_head_dim(head_dim: int) -> int:
     return head_dim // 8 if head_dim % 16 == 0 else head_dim // 10
 
 
+def tiny_heads(heads: int, kv: int) -> tuple[int, int]:
+    """(query heads, key/value heads) with the ratio of (heads, kv); an odd kv count stays odd
+    (SmolLM2's 9 over 3 -> 3 over 1), an even one becomes 2."""
+    tiny_kv = 1 if kv % 2 else 2
+    return tiny_kv * (heads // kv), tiny_kv
+
+
 def shrink(config: dict[str, Any]) -> dict[str, Any]:
     """A tiny config.json with the structural choices of `config` (module docstring). Every key
     is kept as given (omitted keys stay omitted) except the sizes; token ids outside the tiny
@@ -224,23 +248,22 @@ def shrink(config: dict[str, Any]) -> dict[str, Any]:
     heads = config["num_attention_heads"]
     kv = config.get("num_key_value_heads") or heads
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
-    tiny_kv = 1 if kv % 2 else 2  # SmolLM2's 9 heads over 3 stay odd: 3 over 1
-    tiny_heads = tiny_kv * (heads // kv)
+    n_heads, n_kv = tiny_heads(heads, kv)
     tiny_head_size = tiny_head_dim(head_dim)
     # hidden_size relative to heads x head_dim kept (1 unless the head size is decoupled)
-    hidden = round(config["hidden_size"] * tiny_heads * tiny_head_size / (heads * head_dim))
+    hidden = round(config["hidden_size"] * n_heads * tiny_head_size / (heads * head_dim))
     vocab = 256 + config["vocab_size"] % 256  # 32016 -> 272: not a multiple of 256 either
     tiny = dict(config) | {
         "vocab_size": vocab,
         "hidden_size": hidden,
         "intermediate_size": round(config["intermediate_size"] * hidden / config["hidden_size"]),
         "num_hidden_layers": 2,
-        "num_attention_heads": tiny_heads,
+        "num_attention_heads": n_heads,
         "max_position_embeddings": TINY_CONTEXT,
         "torch_dtype": "float32",
     }
     if "num_key_value_heads" in config:
-        tiny["num_key_value_heads"] = tiny_kv if config["num_key_value_heads"] else None
+        tiny["num_key_value_heads"] = n_kv if config["num_key_value_heads"] else None
     if "head_dim" in config:
         tiny["head_dim"] = tiny_head_size
     if "max_sequence_length" in config:  # LLaMA 1's HF conversion; transformers ignores it
@@ -256,9 +279,19 @@ def shrink(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def shrink_params(params: dict[str, Any]) -> dict[str, Any]:
-    """A tiny Meta params.json: the same keys, vocab_size -1 kept."""
-    head_dim = params["dim"] // params["n_heads"]
-    return params | {"dim": 2 * tiny_head_dim(head_dim), "n_heads": 2, "n_layers": 2}
+    """A tiny Meta params.json: the same keys and head ratio, vocab_size -1 kept."""
+    heads = params["n_heads"]
+    n_heads, n_kv = tiny_heads(heads, params.get("n_kv_heads") or heads)
+    tiny = params | {
+        "dim": n_heads * tiny_head_dim(params["dim"] // heads),
+        "n_heads": n_heads,
+        "n_layers": 2,
+    }
+    if "n_kv_heads" in params:
+        tiny["n_kv_heads"] = n_kv
+    if params.get("vocab_size", -1) != -1:
+        tiny["vocab_size"] = 256 + params["vocab_size"] % 256
+    return tiny
 
 
 def randomized(model: LlamaForCausalLM, seed: int) -> LlamaForCausalLM:
