@@ -56,6 +56,9 @@ CORPUS: dict[str, Entry] = {
     # (huggyllama/llama-7b), and Meta's own params.json with vocab_size -1.
     "llama-7b-hf": Entry("llama-7b-hf/config.json", (7, 1e9, 0)),
     "llama-7b-meta": Entry("llama-7b/params.json", (7, 1e9, 0)),
+    # The first widely used conversion (transformers 4.27.dev): "pad_token_id": -1, copied from
+    # SentencePiece's pad_id() for "no pad piece"; bos 0 / eos 1 as it wrote them.
+    "decapoda-llama-7b-hf": Entry("decapoda-llama-7b-hf/config.json", (7, 1e9, 0)),
     "Llama-2-7b": Entry("Llama-2-7b-hf/config.json", (6.74, 1e9, 2)),  # Hub: 6.74B params
     "Llama-2-7b-meta": Entry("llama-2-7b/params.json", (7, 1e9, 0)),  # vocab_size -1 too
     "CodeLlama-7b": Entry("CodeLlama-7b-hf/config.json", (7, 1e9, 0)),
@@ -181,7 +184,8 @@ def ours_and_theirs(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         "init_std": config.initializer_range,
         "bos_token_id": config.bos_token_id,
         "eos_token_id": [eos] if isinstance(eos, int) else eos,
-        "pad_token_id": config.pad_token_id,
+        # a negative id is "none" (SentencePiece's -1): the spec says None
+        "pad_token_id": None if (config.pad_token_id or 0) < 0 else config.pad_token_id,
     }
     dtype = str(config.dtype).removeprefix("torch.") if config.dtype is not None else None
     if dtype is not None and dtype not in DTYPES_NOT_YET_KEPT:
