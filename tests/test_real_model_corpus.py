@@ -2,9 +2,10 @@
 each one reads, `show` prints the parameter count transformers gives for it, and a tiny model
 with the same structural choices matches transformers through every target.
 
-The files are modelled on the configs the publishers put on the Hugging Face Hub (and, for
-LLaMA 1, on Meta's params.json), written from the public record, not downloaded; values we are
-unsure of are listed in tests/real_configs/README.md. Right values come from outside our code:
+The files are modelled on the configs the publishers put on the Hugging Face Hub (and on Meta's
+params.json of LLaMA 1, Llama 2 and Llama 3), written from the public record, not downloaded;
+values we are unsure of are listed in tests/real_configs/README.md. Right values come from
+outside our code:
 parameter counts from `transformers.LlamaForCausalLM(config)` built on the meta device (and the
 size the publisher states, at the precision it states it), logits from transformers running the
 same tiny config.json and checkpoint, the FFN width of a params.json from Meta's own rule.
@@ -76,8 +77,8 @@ CORPUS: dict[str, Entry] = {
     # issue 13 item 5, is merged): move it here from PENDING, e.g.
     # "Llama-3.1-Minitron-4B-Width": Entry(
     #     "Llama-3.1-Minitron-4B-Width-Base/config.json", (4.5, 1e9, 1)),  # 4,512,746,496
-    # and delete test_pending_configs_are_refused_in_one_line's entry. shrink() already scales
-    # a hidden size that differs from heads x head_dim.
+    # and remove it from PENDING. shrink() already scales a hidden size that differs from
+    # heads x head_dim (the tiny Minitron: hidden 96, 8 heads of head_dim 16).
 }
 # Configs in tests/real_configs/ that the tool refuses today, with the words of its refusal.
 PENDING: dict[str, tuple[str, str]] = {
