@@ -5,10 +5,10 @@ with the same structural choices matches transformers through every target.
 The files are modelled on the configs the publishers put on the Hugging Face Hub (and on Meta's
 params.json of LLaMA 1, Llama 2 and Llama 3), written from the public record, not downloaded;
 values we are unsure of are listed in tests/real_configs/README.md. Right values come from
-outside our code:
-parameter counts from `transformers.LlamaForCausalLM(config)` built on the meta device (and the
-size the publisher states, at the precision it states it), logits from transformers running the
-same tiny config.json and checkpoint, the FFN width of a params.json from Meta's own rule.
+outside our code: parameter counts from `transformers.LlamaForCausalLM(config)` built on the
+meta device (and the size the publisher states, at the precision it states it), logits from
+transformers running the same tiny config.json and checkpoint, the FFN width of a params.json
+from Meta's own rule.
 
 The tiny model of each entry (`shrink`) keeps what decides the code paths: the query/key-value
 head ratio (and an odd head count), tying, the RoPE theta and scaling type with its factors, an
