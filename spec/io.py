@@ -151,8 +151,17 @@ HF_TOKEN_DEFAULTS: dict[str, Any] = {"bos_token_id": 1, "eos_token_id": 2, "pad_
 
 
 def token_ids(config: dict[str, Any]) -> dict[str, Any]:
-    """The token-id keys `config` gives (config.json or generation_config.json), as given."""
-    return {key: config[key] for key in HF_TOKEN_DEFAULTS if key in config}
+    """The token-id keys `config` gives (config.json or generation_config.json), as given, except
+    that a negative id is None: LLaMA's SentencePiece tokenizer reports -1 for a piece it lacks,
+    and early conversions copied it (decapoda-research/llama-7b-hf: "pad_token_id": -1, which
+    transformers keeps but no embedding row can be)."""
+    given = {key: config[key] for key in HF_TOKEN_DEFAULTS if key in config}
+    return {key: _none_if_negative(value) for key, value in given.items()}
+
+
+def _none_if_negative(value: Any) -> Any:
+    negative = isinstance(value, int) and not isinstance(value, bool) and value < 0
+    return None if negative else value
 
 
 def _rope_from_hf(scaling: dict[str, Any]) -> RopeScaling | None:
