@@ -20,7 +20,6 @@ import torch
 import yaml
 from click.testing import CliRunner
 from hypothesis import given
-from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig, LlamaForCausalLM
