@@ -306,8 +306,8 @@ def _plant(folder: Path, tmp_path: Path, old: str, new: str) -> Path:
 def test_6_emitted_short_write_is_caught_and_nothing_remains(suffix, emitted, hf_tiny, tmp_path):
     """A writer that leaves the file 131 KB short (the issue's symptom), planted in a copy of
     convert.py: the read-back refuses it, the old output stays, no temporary remains."""
-    planted = _plant(emitted, tmp_path, "os.fsync(handle.fileno())",
-                     "os.fsync(handle.fileno()); os.truncate(temporary, os.path.getsize(temporary) - 131_072)")  # fmt: skip
+    planted = _plant(emitted, tmp_path, "os.fsync(written.fileno())",
+                     "os.fsync(written.fileno()); os.truncate(temporary, os.path.getsize(temporary) - 131_072)")  # fmt: skip
     out = tmp_path / "out"
     out.mkdir()
     dst = out / f"cs{suffix}"
@@ -399,3 +399,27 @@ def test_7_readme_says_which_model_zoo_release_reads_each_params_file(emitted):
     assert "Model Zoo 2.3 and earlier (`run.py`): `configs/legacy/params_tiny.yaml`" in readme
     assert "Model Zoo 2.4 to 2.10 (`cszoo fit`): `configs/params_tiny.yaml`" in readme
     assert "Model Zoo 2.4 and later require `model.name`" in readme
+
+
+def test_7_trainer_mdl_converts_to_hf_exactly_under_cerebras_pytorch(emitted, hf_tiny,
+                                                                      cerebras_tiny, tmp_path):  # fmt: skip
+    """The form `cszoo fit` writes: a cstorch.save .mdl of {"model": state dict}, every key
+    `model.`-prefixed, converted by the emitted convert.py under cerebras-pytorch 2.10.0."""
+    from tests.test_cerebras_cstorch import PYTHON, run_in_venv
+
+    if not PYTHON.exists():
+        pytest.skip("cerebras venv missing: run bash scripts/cerebras_env.sh")
+    prefixed = _as_trainer_saved(cerebras_tiny, tmp_path / "prefixed.safetensors")
+    mdl = tmp_path / "checkpoint_100.mdl"
+    save = (
+        "import sys, cerebras.pytorch as cstorch; from safetensors.torch import load_file; "
+        "cstorch.save({'model': load_file(sys.argv[1])}, sys.argv[2])"
+    )
+    saved = run_in_venv(emitted, "-c", save, str(prefixed), str(mdl))
+    assert saved.returncode == 0, saved.stderr[-2000:]
+    converted = run_in_venv(emitted, "convert.py", "to-hf", str(mdl), str(tmp_path / "hf"))
+    assert converted.returncode == 0, converted.stderr[-2000:]
+    original = load_file(hf_tiny / "model.safetensors")
+    back = _opened(tmp_path / "hf" / "model.safetensors")
+    assert set(back) == set(original)
+    assert all(torch.equal(back[name], original[name]) for name in original)
