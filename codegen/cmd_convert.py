@@ -288,12 +288,12 @@ def merged_config(path: Path, spec: ModelSpec, force: bool) -> dict[str, object]
         same = not hf_config_mismatches(existing, str(path), hf_checked_values(spec), HF_DEFAULTS)
     except CheckpointError:
         existing, same = {}, False
-    if same:
-        return {**existing, **ours}
-    if not force:
+    if not same and not force:
         raise UserError(f"{path} describes another model; use --force to replace it")
+    # The token ids are the tokenizer's: an existing config's win over the spec's (which
+    # to_hf_config writes into a new config.json).
     kept = {k: existing[k] for k in TOKEN_KEYS if k in existing}
-    return {**ours, **kept}
+    return {**existing, **ours, **kept} if same else {**ours, **kept}
 
 
 @click.command("convert", epilog=EPILOG)

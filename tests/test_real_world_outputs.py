@@ -423,3 +423,25 @@ def test_7_trainer_mdl_converts_to_hf_exactly_under_cerebras_pytorch(emitted, hf
     back = _opened(tmp_path / "hf" / "model.safetensors")
     assert set(back) == set(original)
     assert all(torch.equal(back[name], original[name]) for name in original)
+
+
+def test_4_convert_to_hf_writes_the_specs_token_ids_and_keeps_a_configs_own(cerebras_tiny,
+                                                                            tmp_path):  # fmt: skip
+    """A new config.json says the spec's bos/eos/pad (transformers reads them back); one already
+    there keeps its own (the tokenizer's), as the README promises."""
+    spec_file = tmp_path / "tiny.yaml"
+    ids = {"bos_token_id": 7, "eos_token_id": [8, 9], "pad_token_id": 10}
+    spec_file.write_text(
+        yaml.safe_dump(TINY.model_dump(mode="json", exclude_computed_fields=True) | ids)
+    )
+    dst = tmp_path / "hf"
+    assert cli("convert", "--to", "hf", "--spec", spec_file, cerebras_tiny, dst).returncode == 0
+    theirs = LlamaConfig.from_pretrained(dst)
+    assert (theirs.bos_token_id, theirs.eos_token_id, theirs.pad_token_id) == (7, [8, 9], 10)
+    config = json.loads((dst / "config.json").read_text())
+    (dst / "config.json").write_text(
+        json.dumps(config | {"bos_token_id": 128000, "eos_token_id": 128001})
+    )
+    assert cli("convert", "--to", "hf", "--spec", spec_file, cerebras_tiny, dst).returncode == 0
+    theirs = LlamaConfig.from_pretrained(dst)
+    assert (theirs.bos_token_id, theirs.eos_token_id, theirs.pad_token_id) == (128000, 128001, 10)
