@@ -186,18 +186,39 @@ def check_shapes(
         )
 
 
+def check_config_beside(spec: ModelSpec, src: Path) -> None:
+    """Refuse a config.json beside the weights (in the folder SRC, or beside the file SRC) that
+    describes another model than `spec`: head counts, RoPE and eps change the conversion (the
+    q/k row order) without changing any shape, so shapes alone cannot catch them."""
+    from backends.onnx.checkpoint import check_config
+
+    try:
+        check_config(spec, src if src.is_dir() else src.parent)
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from None
+
+
+# A Cerebras Model Zoo trainer (`cszoo fit`) saves the state dict of its wrapper module, which
+# holds the network as `self.model`: every key gains this one prefix.
+TRAINER_PREFIX = "model."
+
+
+def strip_trainer_prefix(tensors: dict[str, Tensor], expected: set[str]) -> dict[str, Tensor]:
+    """`tensors` without one leading TRAINER_PREFIX when EVERY name has it and the stripped
+    names are exactly `expected`; otherwise unchanged (check_names then reports the names), so
+    a prefix is never guessed from some of the keys."""
+    if not tensors or not all(name.startswith(TRAINER_PREFIX) for name in tensors):
+        return tensors
+    stripped = {name[len(TRAINER_PREFIX) :]: tensor for name, tensor in tensors.items()}
+    return stripped if set(stripped) == expected else tensors
+
+
 def to_cerebras(
     spec: ModelSpec, layout: CheckpointLayout, src: Path, dst: Path, force: bool = False
 ) -> int:
     check_output(dst, source_files(src), force)
     names = layout.hf_to_cs()
-    if src.is_dir():  # a config.json beside the weights must describe this model (RoPE too)
-        from backends.onnx.checkpoint import check_config
-
-        try:
-            check_config(spec, src)
-        except CheckpointError as exc:
-            raise UserError(str(exc)) from None
+    check_config_beside(spec, src)
     hf = read_checkpoint(src)
     head, embedding = BY_KEY["lm_head"].hf, BY_KEY["embed"].hf
     if layout.tie_embeddings and head in hf:  # some tied checkpoints store the head anyway
@@ -228,8 +249,9 @@ def to_hf(
     config = merged_config(dst / "config.json", spec, force)
     names = layout.hf_to_cs()
     aliases = layout.cs_aliases()
-    cs = read_checkpoint(src)
-    check_names(set(cs), set(names.values()) | set(aliases), "Cerebras", src)
+    expected = set(names.values()) | set(aliases)
+    cs = strip_trainer_prefix(read_checkpoint(src), expected)
+    check_names(set(cs), expected, "Cerebras", src)
     check_shapes(spec, cs, names, src)
     for alias, owner in aliases.items():
         if bytes(cs[alias].data) != bytes(cs[owner].data):
@@ -266,12 +288,12 @@ def merged_config(path: Path, spec: ModelSpec, force: bool) -> dict[str, object]
         same = not hf_config_mismatches(existing, str(path), hf_checked_values(spec), HF_DEFAULTS)
     except CheckpointError:
         existing, same = {}, False
-    if same:
-        return {**existing, **ours}
-    if not force:
+    if not same and not force:
         raise UserError(f"{path} describes another model; use --force to replace it")
+    # The token ids are the tokenizer's: an existing config's win over the spec's (which
+    # to_hf_config writes into a new config.json).
     kept = {k: existing[k] for k in TOKEN_KEYS if k in existing}
-    return {**ours, **kept}
+    return {**existing, **ours, **kept} if same else {**ours, **kept}
 
 
 @click.command("convert", epilog=EPILOG)

@@ -271,7 +271,19 @@ def to_hf_config(spec: ModelSpec) -> dict[str, Any]:
         "mlp_bias": spec.mlp_bias,
         "initializer_range": spec.init_std,
         "torch_dtype": spec.dtype.value,
+        # The token ids too, as transformers writes them (one eos id as an int), so that the
+        # config reads back to the same spec (tests/test_real_world_outputs.py).
+        "bos_token_id": spec.bos_token_id,
+        "eos_token_id": _eos_as_hf(spec.eos_token_id),
+        "pad_token_id": spec.pad_token_id,
     }
+
+
+def _eos_as_hf(eos: tuple[int, ...] | None) -> int | list[int] | None:
+    """The spec's eos ids as config.json gives them: an int for one id, else a list (or null)."""
+    if eos is None or len(eos) > 1:
+        return None if eos is None else list(eos)
+    return eos[0]
 
 
 SPEC_FILE_HEADER = """\

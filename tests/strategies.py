@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from spec import LinearRopeScaling, Llama3RopeScaling, ModelSpec
+from spec import DType, LinearRopeScaling, Llama3RopeScaling, ModelSpec, TrainingSpec
 
 
 @st.composite
@@ -64,3 +64,61 @@ def token_batches(spec: ModelSpec, max_len: int = 64) -> st.SearchStrategy:
             )
         )
     )
+
+
+@st.composite
+def token_ids(draw: st.DrawFn, vocab_size: int) -> dict[str, object]:
+    """bos/eos/pad ids as configs give them: absent (None), one eos id or several."""
+    ids = st.integers(0, vocab_size - 1)
+    eos = draw(st.none() | st.lists(ids, min_size=1, max_size=3).map(tuple))
+    return {
+        "bos_token_id": draw(st.none() | ids),
+        "eos_token_id": eos,
+        "pad_token_id": draw(st.none() | ids),
+    }
+
+
+@st.composite
+def training_specs(draw: st.DrawFn) -> TrainingSpec:
+    """Training recipes other than the paper's (the Cerebras YAML and train.py read them)."""
+    seq_len = draw(st.sampled_from([64, 2048, 8192]))
+    return TrainingSpec(
+        peak_lr=draw(st.sampled_from([3e-4, 1.5e-4, 1e-3])),
+        warmup_steps=draw(st.integers(0, 5000)),
+        seq_len=seq_len,
+        batch_tokens=seq_len * draw(st.integers(1, 4096)),
+        weight_decay=draw(st.sampled_from([0.0, 0.1])),
+        precision=draw(st.sampled_from(list(DType))),
+    )
+
+
+@st.composite
+def round_trip_specs(draw: st.DrawFn) -> ModelSpec:
+    """Any valid spec, tiny or of a real model's size (no weights are made from these): explicit
+    FFN widths that Meta's rule would not give, RoPE scaling, tying, token ids, dtypes, odd names,
+    floats that YAML and JSON must keep exactly, training recipes."""
+    base = draw(tiny_specs()) if draw(st.booleans()) else None
+    n_heads = draw(st.sampled_from([1, 8, 32, 40]))
+    n_kv_heads = draw(st.sampled_from([k for k in (1, 2, 8, 40) if n_heads % k == 0]))
+    fields = base.model_dump(exclude_computed_fields=True) if base else {
+        "name": "m",
+        "vocab_size": draw(st.integers(1, 2**17)),
+        "dim": n_heads * draw(st.sampled_from([2, 64, 128])),
+        "n_layers": draw(st.integers(1, 80)),
+        "n_heads": n_heads,
+        "n_kv_heads": n_kv_heads,
+        "ffn_dim": draw(st.integers(1, 60000)),
+        "rope_theta": draw(st.floats(1.5, 1e7, allow_nan=False)),
+        "rope_scaling": draw(rope_scalings()),
+        "max_seq_len": draw(st.integers(1, 2**17)),
+        "tie_embeddings": draw(st.booleans()),
+    }  # fmt: skip
+    fields |= {
+        "name": draw(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True)),
+        "norm_eps": draw(st.floats(1e-9, 0.5, allow_nan=False)),
+        "init_std": draw(st.floats(1e-4, 1.0, allow_nan=False)),
+        "dtype": draw(st.sampled_from(list(DType))),
+        "training": draw(training_specs()),
+        **draw(token_ids(fields["vocab_size"])),
+    }
+    return ModelSpec(**fields)

@@ -10,12 +10,16 @@ Names follow the Model Zoo's LLaMA converter. q/k rows are permuted per head bet
 Face's half RoPE layout (pairs (i, i + head_dim/2)) and the Model Zoo's interleaved one (pairs
 (2i, 2i+1)); every other tensor is only renamed. A Cerebras checkpoint holds the final norm as
 both `transformer_decoder.norm` and `ln_f`.
-Tensors keep their dtype and values: a round trip is exact.
+Tensors keep their dtype and values: a round trip is exact. A checkpoint saved by the Model Zoo's
+trainer (`cszoo fit`) names every tensor `model.<name>`: that one prefix is dropped when every name
+has it and the rest are exactly this model's names, never otherwise.
 Checkpoints are read through checkpoint_files.py (the compiler's own checked reader): shard paths
 stay inside the folder, headers meet the safetensors library's rules, every name and shape is
 checked before a row moves, and a refusal is one line (exit code 2) with nothing written.
-Outputs are written atomically (a temporary file renamed into place); an existing file is
-replaced only with --force, and never when it is the checkpoint being read.
+A config.json beside the Hugging Face weights (in the folder, or beside the one file given) must
+describe this model: head counts change the q/k row order without changing a shape.
+Outputs are written atomically (a temporary file, read back and checked, then renamed into place);
+an existing file is replaced only with --force, and never when it is the checkpoint being read.
 """
 
 from __future__ import annotations
@@ -128,6 +132,9 @@ HF_CONFIG = {
     "mlp_bias": False,
     "initializer_range": 0.02,
     "torch_dtype": "float32",
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": None,
 }
 # What a config.json beside Hugging Face weights must say (checkpoint_files.check_hf_config),
 # and transformers' defaults for the keys it may omit: the compiler reads config.json by these.
@@ -189,7 +196,10 @@ def check_shapes(tensors: dict[str, Tensor], names: dict[str, str]) -> None:
         if tuple(tensors[theirs := names[hf_name]].shape) != shape
     ]
     if wrong:
-        raise CheckpointError("checkpoint does not fit the model; wrong shape: " + ", ".join(wrong))
+        more = f" and {len(wrong) - 5} more" if len(wrong) > 5 else ""
+        raise CheckpointError(
+            "checkpoint does not fit the model; wrong shape: " + ", ".join(wrong[:5]) + more
+        )
 
 
 def rope_heads(hf_name: str) -> int | None:
@@ -229,9 +239,25 @@ def hf_to_cs(hf: dict[str, Tensor]) -> dict[str, Tensor]:
     return cs
 
 
+# A Model Zoo trainer (`cszoo fit`) saves the state dict of its wrapper module, which holds the
+# network as `self.model`: every name gains this one prefix.
+TRAINER_PREFIX = "model."
+
+
+def strip_trainer_prefix(tensors: dict[str, Tensor], expected: set[str]) -> dict[str, Tensor]:
+    """`tensors` without one leading TRAINER_PREFIX when EVERY name has it and the stripped names
+    are exactly `expected`; otherwise unchanged (check_names then reports the names as found)."""
+    if not tensors or not all(name.startswith(TRAINER_PREFIX) for name in tensors):
+        return tensors
+    stripped = {name[len(TRAINER_PREFIX) :]: t for name, t in tensors.items()}
+    return stripped if set(stripped) == expected else tensors
+
+
 def cs_to_hf(cs: dict[str, Tensor]) -> dict[str, Tensor]:
     names = hf_to_cs_names()
-    check_names(set(cs), set(names.values()) | set(CS_ALIASES), "Cerebras")
+    expected = set(names.values()) | set(CS_ALIASES)
+    cs = strip_trainer_prefix(cs, expected)
+    check_names(set(cs), expected, "Cerebras")
     check_shapes(cs, names)
     for alias, owner in CS_ALIASES.items():
         if not torch.equal(cs[alias], cs[owner]):
@@ -262,18 +288,21 @@ def load_safetensors(files: list[Path]) -> dict[str, Tensor]:
 
 
 def load_hf(path: Path) -> dict[str, Tensor]:
-    """A Hugging Face folder (single or sharded safetensors, config.json checked) or one file."""
-    if path.is_dir() and (path / "config.json").is_file():
-        check_hf_config(path / "config.json", HF_CONFIG_VALUES, HF_DEFAULTS)
+    """A Hugging Face folder (single or sharded safetensors) or one file; a config.json in that
+    folder, or beside that file, is checked against this model."""
+    config = (path if path.is_dir() else path.parent) / "config.json"
+    if config.is_file():
+        check_hf_config(config, HF_CONFIG_VALUES, HF_DEFAULTS)
     return load_safetensors(checkpoint_files(path)[1])
 
 
-def load_cs(path: Path) -> dict[str, Tensor]:
+def load_cs(path: Path, suffix: str | None = None) -> dict[str, Tensor]:
     """A Cerebras checkpoint: .mdl (cstorch.save), .pt/.pth ({"model": state_dict}) or
-    .safetensors."""
-    if path.suffix == ".safetensors":
+    .safetensors; `suffix` overrides the path's (a temporary file read back)."""
+    suffix = suffix or path.suffix
+    if suffix == ".safetensors":
         return load_safetensors([path])
-    if path.suffix == ".mdl":
+    if suffix == ".mdl":
         import cerebras.pytorch as cstorch
 
         model = cstorch.load(str(path), map_location="cpu")["model"]
@@ -289,15 +318,47 @@ def load_cs(path: Path) -> dict[str, Tensor]:
     return dict(state)
 
 
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Run `write` on a temporary file beside `path`, then rename it over `path`: an
-    interrupted or failing write (Ctrl-C, a full disk) leaves the previous file, or none,
+def check_written(path: Path, file: Path, tensors: dict[str, Tensor]) -> None:
+    """Read the written `file` back (it becomes `path`): the same names, shapes and byte counts
+    (.safetensors: every header rule, and tensors tiling the file to its last byte) or dtypes
+    (.mdl, .pt). Raises CheckpointError: a short or corrupt write is never renamed into place."""
+    wanted: dict[str, tuple]
+    if path.suffix == ".safetensors":
+        try:
+            found = {e.name: (e.shape, e.end - e.begin) for e in read_header(file)[1].values()}
+        except CheckpointError as exc:
+            raise CheckpointError(f"the written file does not read back: {exc}") from None
+        wanted = {
+            name: (tuple(t.shape), t.numel() * t.element_size()) for name, t in tensors.items()
+        }
+    else:
+        try:  # torch.load and cstorch.load raise many kinds of errors on a short file
+            back = load_cs(file, path.suffix)
+        except Exception as exc:  # noqa: BLE001 - whatever the reason, it is not what was written
+            raise CheckpointError(
+                f"the written file does not read back ({type(exc).__name__})"
+            ) from None
+        found = {name: (tuple(t.shape), t.dtype) for name, t in back.items()}
+        wanted = {name: (tuple(t.shape), t.dtype) for name, t in tensors.items()}
+    if found != wanted:
+        raise CheckpointError("the written file does not read back as written")
+
+
+def write_atomically(
+    path: Path, write: Callable[[Path], None], check: Callable[[Path], None] | None = None
+) -> None:
+    """Run `write` on a temporary file beside `path`, `check` it, then rename it over `path`: an
+    interrupted, failing or wrong write (Ctrl-C, a full disk) leaves the previous file, or none,
     never a partial one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     try:
         write(Path(temporary))
+        with open(temporary, "rb+") as written:  # on disk before the rename makes it the output
+            os.fsync(written.fileno())
+        if check is not None:
+            check(Path(temporary))
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)  # the mode an ordinary new file gets
@@ -308,22 +369,23 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def save_cs(cs: dict[str, Tensor], path: Path) -> None:
+    check = functools.partial(check_written, path, tensors=cs)
     if path.suffix == ".safetensors":
         tensors = {name: t.clone() if name in CS_ALIASES else t for name, t in cs.items()}
-        write_atomically(path, lambda file: save_file(tensors, file))
+        write_atomically(path, lambda file: save_file(tensors, file), check)
     elif path.suffix == ".mdl":
         import cerebras.pytorch as cstorch
 
-        write_atomically(path, lambda file: cstorch.save({"model": cs}, str(file)))
+        write_atomically(path, lambda file: cstorch.save({"model": cs}, str(file)), check)
     else:
-        write_atomically(path, lambda file: torch.save({"model": cs}, file))
+        write_atomically(path, lambda file: torch.save({"model": cs}, file), check)
 
 
 def save_hf(hf: dict[str, Tensor], folder: Path) -> None:
     text = json.dumps(HF_CONFIG, indent=2) + "\n"
-    write_atomically(
-        folder / "model.safetensors", lambda file: save_file(hf, file, metadata={"format": "pt"})
-    )
+    weights = folder / "model.safetensors"
+    check = functools.partial(check_written, weights, tensors=hf)
+    write_atomically(weights, lambda file: save_file(hf, file, metadata={"format": "pt"}), check)
     write_atomically(folder / "config.json", lambda file: file.write_text(text))
 
 
@@ -376,7 +438,8 @@ def main() -> None:
     except (
         OSError,
         SafetensorError,
-    ) as exc:  # a full disk, a file-size limit: the old output stays
+        CheckpointError,
+    ) as exc:  # a full disk, a short write: the old output stays
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         parser.exit(1, f"convert.py: error: cannot write {shown(args.dst)}: {reason}\n")
     print(f"wrote {args.dst}")
