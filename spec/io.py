@@ -348,7 +348,7 @@ def from_meta_params(
         n_layers=params["n_layers"],
         n_heads=params["n_heads"],
         multiple_of=params.get("multiple_of", 256),
-        norm_eps=params.get("norm_eps", 1e-6),
+        norm_eps=params.get("norm_eps", 1e-5),  # Meta's ModelArgs default (LLaMA 1, 2 and 3)
         rope_theta=params.get("rope_theta", 10000.0),
         rope_scaling=scaling,
         max_seq_len=context,
