@@ -245,6 +245,31 @@ def test_reproducer_2_shards_that_join_to_no_model_shape_are_refused(meta_torch,
     assert "\n" not in message
 
 
+def test_reproducer_1_and_2_the_issue_model_as_meta_shards(tmp_path):
+    """The issue's params.json with factor 32 given, loaded from two Llama-3-layout Meta shards:
+    transformers' logits at 300 tokens. A params.json beside the shards that states another
+    factor (Meta's later `rope_scaling_factor` key) is refused by the loader."""
+    out = tmp_path / "out"
+    (tmp_path / "spec").mkdir()
+    (tmp_path / "spec" / "params.json").write_text(json.dumps(ISSUE_PARAMS))
+    built = invoke("build", "--spec", str(tmp_path / "spec"), "--rope-scaling-factor", "32",
+                   "--max-seq-len", "512", "--target", "torch", "--out", str(out))  # fmt: skip
+    assert built.exit_code == 0, built.output
+    package = import_package(out / "torch")
+    tensors = meta_tensors(ISSUE_PARAMS, ISSUE_HF["intermediate_size"], seed=9, tied=False)
+    write_meta_shards(tensors, tmp_path / "meta", 2, "llama3")
+    (tmp_path / "meta" / "params.json").write_text(json.dumps(ISSUE_PARAMS))
+    reference = LlamaForCausalLM(LlamaConfig(**ISSUE_HF)).eval()
+    reference.load_state_dict(hf_state_dict(tensors, ISSUE_PARAMS))
+    ids = np.random.default_rng(10).integers(0, 256, (1, 300))
+    actual = torch_logits(package, tmp_path / "meta", ids)
+    assert oracle.relative_error(actual, transformers_logits(reference, ids)) <= 1e-5
+    stated = {**ISSUE_PARAMS, "rope_scaling_factor": 8.0}
+    (tmp_path / "meta" / "params.json").write_text(json.dumps(stated))
+    with pytest.raises(package.CheckpointError, match="rope_scaling_factor 8.0 .model has 32.0"):
+        package.load_checkpoint(package.Model(), tmp_path / "meta")
+
+
 # --- reproducer 3: a tied model whose file also holds the head ----------------------------------
 
 TIED_HF = {"vocab_size": 96, "hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 2,

@@ -208,6 +208,7 @@ def check_meta_params(path: Path, args: ModelArgs) -> None:
         "norm_eps": params.get("norm_eps"),
         "rope_theta": params.get("rope_theta", 10000.0),
         "use_scaled_rope": params.get("use_scaled_rope", False),
+        "rope_scaling_factor": params.get("rope_scaling_factor"),  # Meta's later ModelArgs key
     }
     ours = {
         "dim": args.dim,
@@ -217,6 +218,7 @@ def check_meta_params(path: Path, args: ModelArgs) -> None:
         "norm_eps": args.norm_eps,
         "rope_theta": args.rope_theta,
         "use_scaled_rope": False,
+        "rope_scaling_factor": None,
     }
     mismatched = [
         f"{key} {shown(repr(theirs[key]))[:80]} (model has {want!r})"
