@@ -200,8 +200,9 @@ def to_cerebras(
             raise UserError(str(exc)) from None
     hf = read_checkpoint(src)
     head, embedding = BY_KEY["lm_head"].hf, BY_KEY["embed"].hf
-    if layout.tie_embeddings and head in hf:  # some tied checkpoints store the head anyway
-        if bytes(hf[head].data) != bytes(hf[embedding].data):
+    if layout.tie_embeddings and head in hf and embedding in hf:  # stored anyway: bitwise equal?
+        a, b = hf[head], hf[embedding]
+        if (a.dtype, a.shape) != (b.dtype, b.shape) or bytes(a.data) != bytes(b.data):
             raise UserError(f"{src}: {tied_head_differs(head, embedding)}")
         del hf[head]
     check_names(set(hf), set(names), "Hugging Face", src)

@@ -102,7 +102,7 @@ def spec_source(run: Callable[..., Any]) -> Callable[..., Any]:
         }
         return run(*args, **kwargs)
 
-    # not functools.wraps: it would share the command's list of click options (__dict__)
+    # the command's name, help and the click options given so far (in a list of its own)
     with_stated.__name__, with_stated.__doc__ = run.__name__, run.__doc__
     with_stated.__click_params__ = list(getattr(run, "__click_params__", []))  # type: ignore[attr-defined]
     command = click.option(
