@@ -20,7 +20,7 @@ from typing import BinaryIO
 import click
 
 from backends.cerebras.mapping import CheckpointLayout, rope_row_order
-from backends.checked_reader import hf_config_mismatches, read_json
+from backends.checked_reader import hf_config_mismatches, read_json, tied_head_differs
 from backends.safetensors_format import (
     MAX_HEADER_BYTES,
     CheckpointError,
@@ -221,9 +221,10 @@ def to_cerebras(
     check_config_beside(spec, src)
     hf = read_checkpoint(src)
     head, embedding = BY_KEY["lm_head"].hf, BY_KEY["embed"].hf
-    if layout.tie_embeddings and head in hf:  # some tied checkpoints store the head anyway
-        if bytes(hf[head].data) != bytes(hf[embedding].data):
-            raise UserError(f"{src}: {head} differs from the embedding of a tied model")
+    if layout.tie_embeddings and head in hf and embedding in hf:  # stored anyway: bitwise equal?
+        a, b = hf[head], hf[embedding]
+        if (a.dtype, a.shape) != (b.dtype, b.shape) or bytes(a.data) != bytes(b.data):
+            raise UserError(f"{src}: {tied_head_differs(head, embedding)}")
         del hf[head]
     check_names(set(hf), set(names), "Hugging Face", src)
     check_shapes(spec, hf, {name: name for name in names}, src)

@@ -49,17 +49,33 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 def resolve_spec(size: str | None, spec_file: Path | None) -> ModelSpec:
-    """The model of --size PRESET or --spec FILE (exactly one); UserError for anything wrong."""
+    """The model of --size PRESET or --spec FILE (exactly one); UserError for anything wrong.
+
+    --rope-scaling-factor and --max-seq-len (spec_source's, read from the click context) give
+    what a Meta params.json leaves unsaid; a file that states them must agree (load_spec)."""
     if (size is None) == (spec_file is None):
         raise UserError("give exactly one of --size NAME or --spec FILE")
+    stated = _stated_options()
+    if size is not None and any(value is not None for value in stated.values()):
+        raise UserError("--rope-scaling-factor and --max-seq-len go with --spec, not --size")
     try:
-        return get_preset(size) if size is not None else load_spec(spec_file)
+        return get_preset(size) if size is not None else load_spec(spec_file, **stated)
     except UnknownPresetError as exc:
         raise UserError(str(exc)) from None
     except SpecFormatError as exc:
         raise UserError(printable(str(exc), limit=300)) from None
     except ValidationError as exc:
         raise UserError(describe_validation_error(exc)) from None
+
+
+# The click context's meta key holding the values of spec_source's options for a spec file.
+STATED_KEY = "llama_codegen.stated"
+
+
+def _stated_options() -> dict[str, Any]:
+    context = click.get_current_context(silent=True)
+    stated = context.meta.get(STATED_KEY) if context is not None else None
+    return stated or {"rope_scaling_factor": None, "max_seq_len": None}
 
 
 def resolve_parallel(path: Path, spec: ModelSpec) -> ParallelSpec:
@@ -73,8 +89,33 @@ def resolve_parallel(path: Path, spec: ModelSpec) -> ParallelSpec:
         raise UserError(f"invalid parallel spec {path}: {message}") from None
 
 
-def spec_source(command: Callable[..., Any]) -> Callable[..., Any]:
-    """--size / --spec, shared by every command that takes a model."""
+def spec_source(run: Callable[..., Any]) -> Callable[..., Any]:
+    """--size / --spec, shared by every command that takes a model, and the two values a Meta
+    params.json does not state (--rope-scaling-factor, --max-seq-len): these reach
+    resolve_spec through the click context, so the commands take --size and --spec only."""
+
+    def with_stated(*args: Any, rope_scaling_factor: float | None, max_seq_len: int | None,
+                    **kwargs: Any) -> Any:  # fmt: skip
+        click.get_current_context().meta[STATED_KEY] = {
+            "rope_scaling_factor": rope_scaling_factor,
+            "max_seq_len": max_seq_len,
+        }
+        return run(*args, **kwargs)
+
+    # the command's name, help and the click options given so far (in a list of its own)
+    with_stated.__name__, with_stated.__doc__ = run.__name__, run.__doc__
+    with_stated.__click_params__ = list(getattr(run, "__click_params__", []))  # type: ignore[attr-defined]
+    command = click.option(
+        "--max-seq-len",
+        type=click.IntRange(min=1),
+        help="Context length, for a Meta params.json (which does not state it).",
+    )(with_stated)
+    command = click.option(
+        "--rope-scaling-factor",
+        type=click.FloatRange(min=1),
+        help="RoPE scaling factor, for a Meta params.json with use_scaled_rope (which does not "
+        "state it: 8 for Llama 3.1, 32 for Llama 3.2 1B/3B).",
+    )(command)
     command = click.option(
         "--spec",
         "spec_file",

@@ -22,13 +22,21 @@ class SpecFormatError(ValueError):
     """A spec file that cannot be read or recognised (as opposed to one that fails validation)."""
 
 
-def load_spec(path: str | Path) -> ModelSpec:
-    """Read a spec from our YAML/JSON, an HF `config.json` or a Meta `params.json`."""
+def load_spec(
+    path: str | Path, *, rope_scaling_factor: float | None = None, max_seq_len: int | None = None
+) -> ModelSpec:
+    """Read a spec from our YAML/JSON, an HF `config.json` or a Meta `params.json`.
+
+    `rope_scaling_factor` and `max_seq_len` (the CLI's --rope-scaling-factor, --max-seq-len) give
+    what a params.json does not state (from_meta_params); any other file must state the same
+    values. Raises SpecFormatError (one line) for a contradiction or an unstated value.
+    """
     path = Path(path)
+    stated = {"rope_scaling_factor": rope_scaling_factor, "max_seq_len": max_seq_len}
     if path.is_dir():
         for candidate in ("config.json", "params.json"):
             if (path / candidate).is_file():
-                return load_spec(path / candidate)
+                return load_spec(path / candidate, **stated)
         raise SpecFormatError(f"{path}: folder holds neither config.json nor params.json")
     data = _read_mapping(path)
     name = _name_from_path(path)
@@ -37,15 +45,41 @@ def load_spec(path: str | Path) -> ModelSpec:
             generation = path.parent / "generation_config.json"
             if generation.is_file():  # transformers' generate reads its token ids from there
                 data = data | token_ids(_read_mapping(generation))
-            return from_hf_config(data, name=name)
+            return _agreeing(from_hf_config(data, name=name), path, **stated)
         if "dim" in data and "n_layers" in data and "name" not in data:
-            return from_meta_params(data, name=name)
+            sibling = path.parent / "config.json"
+            hf_config = (
+                _read_mapping(sibling) if path.name != "config.json" and sibling.is_file() else None
+            )
+            return from_meta_params(data, name=name, hf_config=hf_config, where=str(path), **stated)
     except KeyError as exc:
         raise SpecFormatError(f"{path}: required key {exc.args[0]!r} is missing") from None
     except (TypeError, AttributeError):
         # e.g. `rope_scaling: [1, 2]` where a mapping belongs; pydantic errors pass through
         raise SpecFormatError(f"{path}: a value has the wrong type for a {_kind(data)}") from None
-    return ModelSpec.model_validate(data)
+    return _agreeing(ModelSpec.model_validate(data), path, **stated)
+
+
+def _agreeing(
+    spec: ModelSpec, path: Path, rope_scaling_factor: float | None, max_seq_len: int | None
+) -> ModelSpec:
+    """`spec` (read from a file that states every value) when the options agree with it."""
+    if rope_scaling_factor is not None:
+        if spec.rope_scaling is None:
+            raise SpecFormatError(
+                f"{path}: --rope-scaling-factor {rope_scaling_factor} given, but the model "
+                "has no RoPE scaling"
+            )
+        if spec.rope_scaling.factor != rope_scaling_factor:
+            raise SpecFormatError(
+                f"{path}: RoPE scaling factor {spec.rope_scaling.factor}; "
+                f"--rope-scaling-factor {rope_scaling_factor} contradicts it"
+            )
+    if max_seq_len is not None and spec.max_seq_len != max_seq_len:
+        raise SpecFormatError(
+            f"{path}: context length {spec.max_seq_len}; --max-seq-len {max_seq_len} contradicts it"
+        )
+    return spec
 
 
 def _kind(data: dict[str, Any]) -> str:
@@ -214,21 +248,100 @@ def from_hf_config(config: dict[str, Any], name: str = "model") -> ModelSpec:
     )
 
 
-def from_meta_params(params: dict[str, Any], name: str = "model") -> ModelSpec:
-    """Spec from Meta's `params.json` (LLaMA 1/2/3)."""
-    vocab = params.get("vocab_size", -1)
+# What a Meta params.json leaves unsaid, with the values of the releases that share the file's
+# form (Meta's model cards and the same releases' Hugging Face config.json files).
+UNSTATED = {
+    "rope_scaling_factor": (
+        "use_scaled_rope but no factor",
+        "--rope-scaling-factor",
+        "8 for Llama 3.1, 32 for Llama 3.2 1B/3B",
+    ),
+    "max_seq_len": (
+        "no context length",
+        "--max-seq-len",
+        "2048 for LLaMA 1, 4096 for Llama 2, 8192 for Llama 3, 131072 for Llama 3.1/3.2",
+    ),
+}
+
+
+def _one_value(key: str, where: str, sources: dict[str, Any]) -> Any:
+    """The value the given sources (label -> value or None) agree on; SpecFormatError when they
+    contradict each other, or when none gives one (naming the known values: never a guess)."""
+    given = {label: value for label, value in sources.items() if value is not None}
+    if len(set(given.values())) > 1:
+        listed = ", ".join(f"{label} says {value}" for label, value in given.items())
+        raise SpecFormatError(f"{where}: {key.replace('_', ' ')}: {listed}")
+    if not given:
+        fault, option, known = UNSTATED[key]
+        raise SpecFormatError(
+            f"{where}: params.json states {fault}: give {option} ({known}) or put the "
+            "release's config.json beside it"
+        )
+    return next(iter(given.values()))
+
+
+def _sibling_view(params: dict[str, Any], hf_config: dict[str, Any], where: str) -> dict[str, Any]:
+    """The config.json beside a params.json, read as transformers reads it, when it describes the
+    same model (dim, layers, heads); else SpecFormatError naming the first difference."""
+    view = hf_view(hf_config, where)
+    for ours, theirs in (("dim", "hidden_size"), ("n_layers", "num_hidden_layers"),
+                         ("n_heads", "num_attention_heads")):  # fmt: skip
+        if view[theirs] != params[ours]:
+            raise SpecFormatError(
+                f"{where}: the config.json beside it says {theirs} {view[theirs]!r}, "
+                f"params.json {ours} {params[ours]!r}: not the same model"
+            )
+    return view
+
+
+def from_meta_params(
+    params: dict[str, Any],
+    name: str = "model",
+    *,
+    rope_scaling_factor: float | None = None,
+    max_seq_len: int | None = None,
+    hf_config: dict[str, Any] | None = None,
+    where: str = "params.json",
+) -> ModelSpec:
+    """Spec from Meta's `params.json` (LLaMA 1/2/3).
+
+    params.json states neither the context length nor (Llama 3.1/3.2, `use_scaled_rope`) the
+    RoPE scaling factor, and releases of one form differ in both. Each comes from params.json's
+    own key (`max_seq_len`, `rope_scaling_factor`, written by some tools and by Meta's later
+    reference code), the option of that name, or `hf_config` (the same release's config.json
+    beside it: its `max_position_embeddings` and llama3 `rope_scaling`); the sources given must
+    agree, and none given is a SpecFormatError naming the known values.
+    """
+    view = _sibling_view(params, hf_config, where) if hf_config is not None else None
+    sibling_rope = view["rope_scaling"] if view is not None else {"type": "none"}
+    sibling_factor = sibling_rope["factor"] if sibling_rope["type"] == "llama3" else None
     scaling = None
     if params.get("use_scaled_rope"):
-        # Meta's reference code hard-wires these constants for `use_scaled_rope` (Llama 3.1).
-        scaling = Llama3RopeScaling(
-            factor=params.get("rope_scaling_factor", 8.0),
-            low_freq_factor=1.0,
-            high_freq_factor=4.0,
-            original_max_position_embeddings=8192,
+        factor = _one_value("rope_scaling_factor", where, {
+            "params.json": params.get("rope_scaling_factor"),
+            "--rope-scaling-factor": rope_scaling_factor,
+            "config.json": sibling_factor,
+        })  # fmt: skip
+        # Meta's reference code hard-wires the other constants for `use_scaled_rope`; the
+        # release's config.json states them (the same values for 3.1 and 3.2).
+        constants = {"low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                     "original_max_position_embeddings": 8192}  # fmt: skip
+        if sibling_rope["type"] == "llama3":
+            constants = {key: sibling_rope[key] for key in constants}
+        scaling = Llama3RopeScaling(factor=factor, **constants)
+    elif rope_scaling_factor is not None:
+        raise SpecFormatError(
+            f"{where}: --rope-scaling-factor given, but params.json has no use_scaled_rope"
         )
+    context = _one_value("max_seq_len", where, {
+        "params.json": params.get("max_seq_len"),
+        "--max-seq-len": max_seq_len,
+        "config.json": hf_config.get("max_position_embeddings") if hf_config else None,
+    })  # fmt: skip
+    vocab = params.get("vocab_size", -1)
     optional = {
         key: params[key]
-        for key in ("n_kv_heads", "ffn_dim_multiplier", "max_seq_len")
+        for key in ("n_kv_heads", "ffn_dim_multiplier")
         if params.get(key) is not None
     }
     return ModelSpec(
@@ -238,9 +351,10 @@ def from_meta_params(params: dict[str, Any], name: str = "model") -> ModelSpec:
         n_layers=params["n_layers"],
         n_heads=params["n_heads"],
         multiple_of=params.get("multiple_of", 256),
-        norm_eps=params.get("norm_eps", 1e-6),
+        norm_eps=params.get("norm_eps", 1e-5),  # Meta's ModelArgs default (LLaMA 1, 2 and 3)
         rope_theta=params.get("rope_theta", 10000.0),
         rope_scaling=scaling,
+        max_seq_len=context,
         **optional,
     )
 

@@ -10,8 +10,10 @@ Sources of the facts:
 - Hugging Face names and (out, in) layout: transformers' `LlamaForCausalLM` state dict.
 - Meta names, the interleaved RoPE layout of q/k rows and the split dims of model-parallel
   `consolidated.NN.pth` shards: Meta's `llama/model.py` (ColumnParallelLinear splits dim 0,
-  RowParallelLinear and ParallelEmbedding dim 1) and transformers'
-  `convert_llama_weights_to_hf.py` (its `permute` of wq/wk).
+  RowParallelLinear and ParallelEmbedding dim 1; Llama 3's `llama3/model.py` embeds with
+  VocabParallelEmbedding, dim 0) and transformers' `convert_llama_weights_to_hf.py` (its
+  `permute` of wq/wk, and its `concat_dim = 0 if is_llama_3(llama_version) else 1` for
+  tok_embeddings).
 - Cerebras names: the Model Zoo's LLaMA converter (GPT2LMHeadModel configured as LLaMA), whose
   q/k rows are in the interleaved layout too.
 """
@@ -73,6 +75,8 @@ class WeightInfo:
     tensor_parallel: TensorParallel
     rope_heads: LogicalAxis | None = None  # q/k: rows permuted between RoPE layouts, per head
     meta_shard_dim: int | None = None  # dim Meta's model-parallel shards split; None: replicated
+    # a dim a later Meta release splits instead (Llama 3's VocabParallelEmbedding: the vocab)
+    meta_shard_alt_dim: int | None = None
     tied_absent: bool = False  # not a tensor of its own when the embeddings are tied
     # A bias: present only when this ModelSpec flag is true (attention_bias, mlp_bias)
     bias_flag: str | None = None
@@ -80,6 +84,13 @@ class WeightInfo:
     @property
     def per_layer(self) -> bool:
         return "{i}" in self.hf
+
+    @property
+    def meta_shard_dims(self) -> tuple[int, ...]:
+        """Every dim Meta's model-parallel shards of this tensor may be split along; a loader
+        picks the one along which the shards join to the model's shape (never by name)."""
+        dims = (self.meta_shard_dim, self.meta_shard_alt_dim)
+        return tuple(dim for dim in dims if dim is not None)
 
     @property
     def axes(self) -> tuple[LogicalAxis, ...]:
@@ -130,7 +141,8 @@ WEIGHTS: tuple[WeightInfo, ...] = (
         dims=((_L.vocab,), (_L.embed,)),
         init=Init.normal,
         tensor_parallel=TensorParallel.rowwise,
-        meta_shard_dim=1,
+        meta_shard_dim=1,  # LLaMA 1/2: ParallelEmbedding splits the embedding dim
+        meta_shard_alt_dim=0,  # Llama 3: VocabParallelEmbedding splits the vocabulary
     ),
     WeightInfo(
         key="attn_norm",
@@ -430,6 +442,7 @@ def template_rows(template: str, spec: ModelSpec | None = None) -> list[dict[str
                 template.format(CONFIG_ATTRIBUTES[w.rope_heads]) if w.rope_heads else "None"
             ),
             "meta_shard_dim": w.meta_shard_dim,
+            "meta_shard_dims": w.meta_shard_dims,
             "init": w.init.value,
             "tensor_parallel": w.tensor_parallel.value,
             "jax_transposed": w.jax_transposed,

@@ -438,11 +438,11 @@ def test_a_one_gib_config_json_is_refused_by_its_size(tmp_path):
     [
         ({"hidden_size": 2_000_000_000, "num_attention_heads": 1_000_000_000,
           "num_hidden_layers": 1, "intermediate_size": 8, "vocab_size": 8}, "less than or equal"),
-        ({"dim": 64, "n_layers": 2, "n_heads": 4, "vocab_size": 100,
+        ({"dim": 64, "n_layers": 2, "n_heads": 4, "vocab_size": 100, "max_seq_len": 2048,
           "ffn_dim_multiplier": 1e308}, "ffn_dim_multiplier"),
-        ({"dim": 64, "n_layers": 2, "n_heads": 4, "vocab_size": 100,
+        ({"dim": 64, "n_layers": 2, "n_heads": 4, "vocab_size": 100, "max_seq_len": 2048,
           "ffn_dim_multiplier": 1e300}, "ffn_dim_multiplier"),
-        ({"dim": 2**17, "n_layers": 2, "n_heads": 4, "vocab_size": 100,
+        ({"dim": 2**17, "n_layers": 2, "n_heads": 4, "vocab_size": 100, "max_seq_len": 2048,
           "ffn_dim_multiplier": 16}, "FFN width"),
     ],
 )  # fmt: skip

@@ -256,8 +256,9 @@ def test_as_spec_round_trips_a_meta_params_json(tmp_path):
     (folder / "params.json").write_text(
         '{"dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256, '
         '"multiple_of": 1024, "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05, "rope_theta": 500000.0}'
-    )
-    assert_same_spec(load_spec(export(tmp_path, "--spec", str(folder))), load_spec(folder))
+    )  # which states no context length (Llama 3's is 8192): given on the command line
+    exported = export(tmp_path, "--spec", str(folder), "--max-seq-len", "8192")
+    assert_same_spec(load_spec(exported), load_spec(folder, max_seq_len=8192))
 
 
 def test_show_takes_one_output_format():

@@ -168,11 +168,13 @@ def test_hf_export_round_trips():
 def test_meta_params_import():
     llama1 = {"dim": 4096, "multiple_of": 256, "n_heads": 32, "n_layers": 32, "norm_eps": 1e-06,
               "vocab_size": -1}  # fmt: skip
-    assert _same_model(from_meta_params(llama1), PRESETS["7b"])
+    # params.json states no context length (LLaMA 1's is 2048): it is given, never assumed
+    assert _same_model(from_meta_params(llama1, max_seq_len=2048), PRESETS["7b"])
     llama3 = {"dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256,
               "multiple_of": 1024, "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05,
               "rope_theta": 500000.0, "use_scaled_rope": True, "max_seq_len": 131072}  # fmt: skip
-    assert _same_model(from_meta_params(llama3), PRESETS["llama3.1-8b"])
+    # nor the RoPE scaling factor of use_scaled_rope (Llama 3.1's is 8)
+    assert _same_model(from_meta_params(llama3, rope_scaling_factor=8), PRESETS["llama3.1-8b"])
 
 
 def test_load_spec_detects_format(tmp_path):

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from spec import ModelSpec, SpecFormatError, from_hf_config
 from spec.io import HF_CHECKED
-from spec.weights import hf_shapes
+from spec.weights import BY_KEY, hf_shapes
 
 from .. import checked_reader
 from ..safetensors_format import (
@@ -22,6 +22,7 @@ from ..safetensors_format import (
     CheckpointError,
     TensorRef,
     read_headers,
+    safetensors_files,
 )
 
 # Floating dtypes the graph can read (it casts them to float32), with their sizes in bytes.
@@ -82,6 +83,13 @@ def open_checkpoint(spec: ModelSpec, path: Path) -> Checkpoint:
     folder, refs = read_headers(Path(path))
     check_config(spec, folder)
     found = {ref.name: ref for ref in refs}
+    head, embedding = BY_KEY["lm_head"].hf, BY_KEY["embed"].hf
+    if spec.tie_embeddings and head in found:  # stored anyway: accepted when bitwise equal
+        try:
+            checked_reader.stores_tied_head(safetensors_files(Path(path))[1], head, embedding)
+        except checked_reader.CheckpointError as exc:
+            raise CheckpointError(str(exc)) from None
+        del found[head]
     expected = expected_shapes(spec)
     missing = [name for name in expected if name not in found]
     unexpected = [checked_reader.shown(name) for name in sorted(set(found) - set(expected))]

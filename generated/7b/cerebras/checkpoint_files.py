@@ -361,6 +361,54 @@ def read_checkpoint_headers(path: Path) -> tuple[Path, dict[Path, tuple[int, dic
     return folder, headers
 
 
+def tied_head_differs(head: str, embedding: str) -> str:
+    """The one-line refusal of a tied model's checkpoint whose head is not its embedding."""
+    return (
+        f"{head} differs from {embedding}: this model ties them (one tensor), so a checkpoint "
+        "may hold both only when they are bitwise equal"
+    )
+
+
+COMPARE_CHUNK = 1 << 24  # bytes compared at a time: a 128k x 4096 bf16 embedding is 1 GiB
+
+
+def stores_tied_head(files: list[Path], head: str, embedding: str) -> bool:
+    """Whether a checkpoint of a tied-embedding model also stores its head `head` (transformers
+    and other writers sometimes save the tied `lm_head.weight` too). Such a head is accepted,
+    and then ignored, only when it has the embedding's dtype, shape and bytes; otherwise one
+    CheckpointError names both tensors (tied_head_differs). Headers are checked by read_header;
+    the bytes are compared a chunk at a time."""
+    where: dict[str, tuple[Path, int, Entry]] = {}
+    for file in files:
+        start, entries = read_header(file)
+        where |= {
+            name: (file, start, entries[name]) for name in (head, embedding) if name in entries
+        }
+    if head not in where:
+        return False
+    if embedding not in where:
+        return False  # the missing embedding is reported by the name check
+    (head_file, head_start, a), (embed_file, embed_start, b) = where[head], where[embedding]
+    if (a.dtype, a.shape) != (b.dtype, b.shape):
+        raise CheckpointError(
+            tied_head_differs(head, embedding) + f" ({a.dtype} {list(a.shape)} against "
+            f"{b.dtype} {list(b.shape)})"
+        )
+    try:
+        with open(head_file, "rb") as first, open(embed_file, "rb") as second:
+            first.seek(head_start + a.begin)
+            second.seek(embed_start + b.begin)
+            left = a.end - a.begin
+            while left:
+                size = min(left, COMPARE_CHUNK)
+                if first.read(size) != second.read(size):
+                    raise CheckpointError(tied_head_differs(head, embedding))
+                left -= size
+    except OSError as exc:
+        raise CheckpointError(f"{shown(head_file)}: cannot read ({shown(exc.strerror)})") from None
+    return True
+
+
 MAX_CONFIG_BYTES = 16 * 2**20  # a config.json is a few kilobytes
 ROPE_KEYS = {
     "none": (),

@@ -37,13 +37,23 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from checkpoint_files import CheckpointError, check_hf_config, checkpoint_files, read_header, shown
+from checkpoint_files import (
+    CheckpointError,
+    check_hf_config,
+    checkpoint_files,
+    read_header,
+    shown,
+    stores_tied_head,
+    tied_head_differs,
+)
 
 N_LAYERS = 32
 N_HEADS = 32
 N_KV_HEADS = 32
 HEAD_DIM = 128
 TIE_EMBEDDINGS = False
+# A tied model's head is its embedding: a checkpoint may store it too, when bitwise equal.
+TIED_HEAD, TIED_EMBEDDING = "lm_head.weight", "model.embed_tokens.weight"
 
 # Every tensor, from the compiler's weight table: Hugging Face name -> (Cerebras name, shape,
 # heads whose q/k rows are permuted between the RoPE layouts, or None); {i} is the layer index.
@@ -225,8 +235,20 @@ def check_names(found: set[str], expected: set[str], what: str) -> None:
         )
 
 
+def same_bits(a: Tensor, b: Tensor) -> bool:
+    """Bitwise equality (NaN payloads and signed zeros included), dtype and shape too."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+
+
 def hf_to_cs(hf: dict[str, Tensor]) -> dict[str, Tensor]:
     names = hf_to_cs_names()
+    head, embedding = TIED_HEAD, TIED_EMBEDDING
+    if TIE_EMBEDDINGS and head in hf and embedding in hf:  # some tied checkpoints store the head
+        if not same_bits(hf[head], hf[embedding]):  # (safetensors: already checked in load_hf)
+            raise ValueError(tied_head_differs(head, embedding))
+        hf = {name: t for name, t in hf.items() if name != head}
     check_names(set(hf), set(names), "Hugging Face")
     check_shapes(hf, {name: name for name in names})
     cs = {}
@@ -288,12 +310,22 @@ def load_safetensors(files: list[Path]) -> dict[str, Tensor]:
 
 
 def load_hf(path: Path) -> dict[str, Tensor]:
+<<<<<<< HEAD
     """A Hugging Face folder (single or sharded safetensors) or one file; a config.json in that
     folder, or beside that file, is checked against this model."""
     config = (path if path.is_dir() else path.parent) / "config.json"
     if config.is_file():
         check_hf_config(config, HF_CONFIG_VALUES, HF_DEFAULTS)
     return load_safetensors(checkpoint_files(path)[1])
+=======
+    """A Hugging Face folder (single or sharded safetensors, config.json checked) or one file."""
+    if path.is_dir() and (path / "config.json").is_file():
+        check_hf_config(path / "config.json", HF_CONFIG_VALUES, HF_DEFAULTS)
+    files = checkpoint_files(path)[1]
+    if TIE_EMBEDDINGS:  # a tied head stored too must be bitwise equal to the embedding
+        stores_tied_head(files, TIED_HEAD, TIED_EMBEDDING)
+    return load_safetensors(files)
+>>>>>>> h13a
 
 
 def load_cs(path: Path, suffix: str | None = None) -> dict[str, Tensor]:

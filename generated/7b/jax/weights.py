@@ -24,6 +24,7 @@ from .checkpoint_files import (
     checkpoint_files,
     read_header,
     shown,
+    stores_tied_head,
 )
 from .model import CONFIG, Config, Params
 
@@ -67,7 +68,14 @@ def load_checkpoint(path: str | Path, config: Config = CONFIG) -> Params:
     path = Path(path)
     if path.is_dir() and (path / "config.json").is_file():
         check_hf_config(path / "config.json", hf_config_values(config), HF_DEFAULTS)
-    tensors = read_safetensors(checkpoint_files(path)[1], expected_shapes(config))
+    files = checkpoint_files(path)[1]
+    expected = expected_shapes(config)
+    # a tied model's checkpoint may store the head too, when bitwise equal to the embedding
+    head, embedding = "lm_head.weight", "model.embed_tokens.weight"
+    tied_head = config.tie_embeddings and stores_tied_head(files, head, embedding)
+    tensors = read_safetensors(files, expected | ({head: expected[embedding]} if tied_head else {}))
+    if tied_head:
+        del tensors[head]
 
     dtype = jnp.dtype(config.dtype)
     params: Params = {

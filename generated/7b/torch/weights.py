@@ -29,8 +29,13 @@ from .checkpoint_files import (
     read_json,
     shard_path,
     shown,
+    stores_tied_head,
+    tied_head_differs,
 )
 from .model import ModelArgs
+
+# A tied model's head is its embedding: a checkpoint may store it too, when bitwise equal.
+TIED_HEAD, TIED_EMBEDDING = "lm_head.weight", "model.embed_tokens.weight"
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:
@@ -42,13 +47,15 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     (params.json + consolidated.*.pth, interleaved RoPE rows converted to the half layout).
     """
     path = Path(path)
+    expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
     if path.is_dir() and any(path.glob("consolidated.*.pth")):
-        shapes, read = meta_reader(path, model.args)
+        shapes, read = meta_reader(path, model.args, expected)
     else:
         if path.is_dir() and (path / "config.json").is_file():
             check_hf_config(path / "config.json", hf_config_values(model.args), HF_DEFAULTS)
-        shapes, read = safetensors_reader(checkpoint_files(path)[1])
-    expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
+        files = checkpoint_files(path)[1]
+        tied = model.args.tie_embeddings and stores_tied_head(files, TIED_HEAD, TIED_EMBEDDING)
+        shapes, read = safetensors_reader(files, skip={TIED_HEAD} if tied else set())
     check_names_and_shapes(expected, shapes)
     params = dict(model.named_parameters())
     with torch.no_grad():
@@ -60,12 +67,17 @@ Reader = Callable[[], Iterator[tuple[str, Tensor]]]
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
 
 
-def safetensors_reader(files: list[Path]) -> tuple[dict[str, tuple[int, ...]], Reader]:
-    """Names and shapes from the checked headers, and a reader that yields one tensor at a time."""
+def safetensors_reader(
+    files: list[Path], skip: set[str]
+) -> tuple[dict[str, tuple[int, ...]], Reader]:
+    """Names and shapes from the checked headers, and a reader that yields one tensor at a time
+    (the tensors named in `skip` left out: a tied head checked equal to the embedding)."""
     shapes: dict[str, tuple[int, ...]] = {}
     owner: dict[str, Path] = {}
     for file in files:
         for name, entry in read_header(file)[1].items():
+            if name in skip:
+                continue
             if entry.dtype not in FLOAT_DTYPES:
                 raise CheckpointError(
                     f"{shown(file)}: {name!r} has dtype {entry.dtype}, not a float"
@@ -80,7 +92,8 @@ def safetensors_reader(files: list[Path]) -> tuple[dict[str, tuple[int, ...]], R
         for file in files:
             with safe_open(file, framework="pt") as f:
                 for name in f.keys():
-                    yield name, f.get_tensor(name)
+                    if name not in skip:
+                        yield name, f.get_tensor(name)
 
     return shapes, read
 
@@ -121,25 +134,32 @@ HF_DEFAULTS = {
 }
 
 
-# Meta name -> (Hugging Face name, dim its model-parallel shards are split along or None,
-# ModelArgs attribute counting the heads whose q/k rows are interleaved or None); {i}: layer index.
+# Meta name -> (Hugging Face name, the dims its model-parallel shards may be split along (empty:
+# replicated; the embedding: dim 1 in LLaMA 1/2, the vocabulary in Llama 3), ModelArgs attribute
+# counting the heads whose q/k rows are interleaved or None); {i}: layer index.
 META_WEIGHTS = {
-    "tok_embeddings.weight": ("model.embed_tokens.weight", 1, None),
-    "layers.{i}.attention_norm.weight": ("model.layers.{i}.input_layernorm.weight", None, None),
-    "layers.{i}.attention.wq.weight": ("model.layers.{i}.self_attn.q_proj.weight", 0, "n_heads"),
-    "layers.{i}.attention.wk.weight": ("model.layers.{i}.self_attn.k_proj.weight", 0, "n_kv_heads"),
-    "layers.{i}.attention.wv.weight": ("model.layers.{i}.self_attn.v_proj.weight", 0, None),
-    "layers.{i}.attention.wo.weight": ("model.layers.{i}.self_attn.o_proj.weight", 1, None),
-    "layers.{i}.ffn_norm.weight": ("model.layers.{i}.post_attention_layernorm.weight", None, None),
-    "layers.{i}.feed_forward.w1.weight": ("model.layers.{i}.mlp.gate_proj.weight", 0, None),
-    "layers.{i}.feed_forward.w3.weight": ("model.layers.{i}.mlp.up_proj.weight", 0, None),
-    "layers.{i}.feed_forward.w2.weight": ("model.layers.{i}.mlp.down_proj.weight", 1, None),
-    "norm.weight": ("model.norm.weight", None, None),
-    "output.weight": ("lm_head.weight", 0, None),
+    "tok_embeddings.weight": ("model.embed_tokens.weight", (1, 0), None),
+    "layers.{i}.attention_norm.weight": ("model.layers.{i}.input_layernorm.weight", (), None),
+    "layers.{i}.attention.wq.weight": ("model.layers.{i}.self_attn.q_proj.weight", (0,), "n_heads"),
+    "layers.{i}.attention.wk.weight": (
+        "model.layers.{i}.self_attn.k_proj.weight",
+        (0,),
+        "n_kv_heads",
+    ),
+    "layers.{i}.attention.wv.weight": ("model.layers.{i}.self_attn.v_proj.weight", (0,), None),
+    "layers.{i}.attention.wo.weight": ("model.layers.{i}.self_attn.o_proj.weight", (1,), None),
+    "layers.{i}.ffn_norm.weight": ("model.layers.{i}.post_attention_layernorm.weight", (), None),
+    "layers.{i}.feed_forward.w1.weight": ("model.layers.{i}.mlp.gate_proj.weight", (0,), None),
+    "layers.{i}.feed_forward.w3.weight": ("model.layers.{i}.mlp.up_proj.weight", (0,), None),
+    "layers.{i}.feed_forward.w2.weight": ("model.layers.{i}.mlp.down_proj.weight", (1,), None),
+    "norm.weight": ("model.norm.weight", (), None),
+    "output.weight": ("lm_head.weight", (0,), None),
 }
+# A tied model's head and embedding under their Meta names (a checkpoint may hold both, equal).
+META_TIED_HEAD, META_TIED_EMBEDDING = "output.weight", "tok_embeddings.weight"
 
 
-def meta_weight(meta_name: str) -> tuple[str, int | None, str | None] | None:
+def meta_weight(meta_name: str) -> tuple[str, tuple[int, ...], str | None] | None:
     """META_WEIGHTS' entry for one Meta tensor name, the layer index filled in; None if unknown."""
     layer = re.match(r"layers\.(\d+)\.", meta_name)
     key = meta_name.replace(layer.group(0), "layers.{i}.", 1) if layer else meta_name
@@ -188,6 +208,7 @@ def check_meta_params(path: Path, args: ModelArgs) -> None:
         "norm_eps": params.get("norm_eps"),
         "rope_theta": params.get("rope_theta", 10000.0),
         "use_scaled_rope": params.get("use_scaled_rope", False),
+        "rope_scaling_factor": params.get("rope_scaling_factor"),  # Meta's later ModelArgs key
     }
     ours = {
         "dim": args.dim,
@@ -197,6 +218,7 @@ def check_meta_params(path: Path, args: ModelArgs) -> None:
         "norm_eps": args.norm_eps,
         "rope_theta": args.rope_theta,
         "use_scaled_rope": False,
+        "rope_scaling_factor": None,
     }
     mismatched = [
         f"{key} {shown(repr(theirs[key]))[:80]} (model has {want!r})"
@@ -208,22 +230,46 @@ def check_meta_params(path: Path, args: ModelArgs) -> None:
 
 
 def join_meta_shards(
-    files: list[Path], meta_name: str, parts: list[Tensor], dim: int | None
+    where: Path,
+    meta_name: str,
+    parts: list[Tensor],
+    dims: tuple[int, ...],
+    shape: tuple[int, ...] | None,
 ) -> Tensor:
-    """One tensor from its model-parallel pieces (concatenated along its split dim, if any)."""
-    if len(parts) == 1 or dim is None:
+    """One tensor from its model-parallel pieces: concatenated along the one of `dims` along which
+    they join to the model's `shape` (decided from the shapes, so LLaMA 2's and Llama 3's
+    embedding layouts both load); a replicated tensor is its first piece. Unknown tensors
+    (`shape` None) and single shards are returned as they are, for the name check to report."""
+    if len(parts) == 1 or shape is None:
         return parts[0]
-    try:
-        return torch.cat(parts, dim=dim)
-    except (RuntimeError, IndexError):
-        shapes = ", ".join(str(list(part.shape)) for part in parts)
-        raise CheckpointError(
-            f"{shown(files[0].parent)}: tensor {meta_name!r} has shards {shapes} "
-            f"that do not join along dim {dim}"
-        ) from None
+    shapes = [tuple(part.shape) for part in parts]
+    if not dims and all(found == shape for found in shapes):
+        return parts[0]
+    for dim in dims:
+        others = {found[:dim] + found[dim + 1 :] for found in shapes}
+        joined = (*shapes[0][:dim], sum(found[dim] for found in shapes), *shapes[0][dim + 1 :])
+        if len(shapes[0]) == len(shape) and len(others) == 1 and joined == shape:
+            return torch.cat(parts, dim=dim)
+    how = f"joined along dim {' or '.join(map(str, dims))}" if dims else "replicated"
+    listed = ", ".join(str(list(found)) for found in shapes)
+    raise CheckpointError(
+        f"{shown(where)}: tensor {meta_name!r} has shards {listed}, "
+        f"which {how} do not give the model's {list(shape)}"
+    )
 
 
-def meta_reader(path: Path, args: ModelArgs) -> tuple[dict[str, tuple[int, ...]], Reader]:
+def same_bits(a: Tensor, b: Tensor) -> bool:
+    """Bitwise equality (NaN payloads and signed zeros included), dtype and shape too."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+
+
+def meta_reader(
+    path: Path, args: ModelArgs, expected: dict[str, tuple[int, ...]]
+) -> tuple[dict[str, tuple[int, ...]], Reader]:
+    """Names and shapes, and a reader, of a Meta folder: shards joined (join_meta_shards), q/k rows
+    made half layout, a tied head stored beside its embedding checked bitwise equal and dropped."""
     files = [
         shard_path(path, file.name, shown(path)) for file in sorted(path.glob("consolidated.*.pth"))
     ]
@@ -240,8 +286,11 @@ def meta_reader(path: Path, args: ModelArgs) -> tuple[dict[str, tuple[int, ...]]
     for meta_name in shards[0]:
         if meta_name == "rope.freqs":  # LLaMA 1 stores its RoPE frequencies; we compute ours
             continue
-        name, dim, heads_attribute = meta_weight(meta_name) or (meta_name, None, None)
-        tensor = join_meta_shards(files, meta_name, [shard[meta_name] for shard in shards], dim)
+        name, dims, heads_attribute = meta_weight(meta_name) or (meta_name, (), None)
+        shape = expected.get(TIED_EMBEDDING if name == TIED_HEAD and args.tie_embeddings else name)
+        tensor = join_meta_shards(
+            path, meta_name, [shard[meta_name] for shard in shards], dims, shape
+        )
         if heads_attribute is not None:
             heads = getattr(args, heads_attribute)
             if tensor.ndim != 2 or tensor.shape[0] != heads * args.head_dim:
@@ -251,4 +300,10 @@ def meta_reader(path: Path, args: ModelArgs) -> tuple[dict[str, tuple[int, ...]]
                 )
             tensor = interleaved_to_half(tensor, heads, args.head_dim)
         tensors[name] = tensor
+    if args.tie_embeddings and TIED_HEAD in tensors:
+        if TIED_EMBEDDING in tensors and not same_bits(tensors[TIED_HEAD], tensors[TIED_EMBEDDING]):
+            raise CheckpointError(
+                f"{shown(path)}: " + tied_head_differs(META_TIED_HEAD, META_TIED_EMBEDDING)
+            )
+        del tensors[TIED_HEAD]
     return {name: tuple(t.shape) for name, t in tensors.items()}, lambda: iter(tensors.items())
