@@ -310,22 +310,15 @@ def load_safetensors(files: list[Path]) -> dict[str, Tensor]:
 
 
 def load_hf(path: Path) -> dict[str, Tensor]:
-<<<<<<< HEAD
     """A Hugging Face folder (single or sharded safetensors) or one file; a config.json in that
     folder, or beside that file, is checked against this model."""
     config = (path if path.is_dir() else path.parent) / "config.json"
     if config.is_file():
         check_hf_config(config, HF_CONFIG_VALUES, HF_DEFAULTS)
-    return load_safetensors(checkpoint_files(path)[1])
-=======
-    """A Hugging Face folder (single or sharded safetensors, config.json checked) or one file."""
-    if path.is_dir() and (path / "config.json").is_file():
-        check_hf_config(path / "config.json", HF_CONFIG_VALUES, HF_DEFAULTS)
     files = checkpoint_files(path)[1]
     if TIE_EMBEDDINGS:  # a tied head stored too must be bitwise equal to the embedding
         stores_tied_head(files, TIED_HEAD, TIED_EMBEDDING)
     return load_safetensors(files)
->>>>>>> h13a
 
 
 def load_cs(path: Path, suffix: str | None = None) -> dict[str, Tensor]:
