@@ -73,16 +73,10 @@ CORPUS: dict[str, Entry] = {
     "OpenLLaMA-3B": Entry("open_llama_3b/config.json", (3, 1e9, 0)),
     "Yi-6B": Entry("Yi-6B/config.json", (6, 1e9, 0)),
     "DeepSeek-LLM-7B": Entry("deepseek-llm-7b-base/config.json", (7, 1e9, 0)),
-    # ---- PLACE FOR THE WIDTH-PRUNED MINITRON ROW (added by the lead once explicit head_dim,
-    # issue 13 item 5, is merged): move it here from PENDING, e.g.
-    # "Llama-3.1-Minitron-4B-Width": Entry(
-    #     "Llama-3.1-Minitron-4B-Width-Base/config.json", (4.5, 1e9, 1)),  # 4,512,746,496
-    # and remove it from PENDING. shrink() already scales a hidden size that differs from
-    # heads x head_dim (the tiny Minitron: hidden 96, 8 heads of head_dim 16).
-}
-# Configs in tests/real_configs/ that the tool refuses today, with the words of its refusal.
-PENDING: dict[str, tuple[str, str]] = {
-    "Llama-3.1-Minitron-4B-Width-Base": ("config.json", "decoupled head sizes"),
+    # Width-pruned Llama 3.1 (NVIDIA Minitron): hidden 3072 but 32 heads of head_dim 128.
+    "Llama-3.1-Minitron-4B-Width": Entry(
+        "Llama-3.1-Minitron-4B-Width-Base/config.json", (4.5, 1e9, 1)
+    ),
 }
 
 
@@ -141,7 +135,7 @@ def transformers_parameter_count(path: Path) -> int:
 
 def test_every_config_file_is_in_the_corpus():
     """A config added to tests/real_configs/ is tested, not just stored."""
-    listed = {Path(entry.file).parent.name for entry in CORPUS.values()} | set(PENDING)
+    listed = {Path(entry.file).parent.name for entry in CORPUS.values()}
     assert {path.name for path in CONFIGS.iterdir() if path.is_dir()} == listed
 
 
@@ -220,16 +214,6 @@ def test_meta_and_hf_forms_read_as_the_same_model(meta):
     for key in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "norm_eps"):
         assert ours_meta[key] == ours_hf[key], key
     assert ours_meta["rope_theta"] == ours_hf["rope_theta"]
-
-
-@pytest.mark.parametrize("name", PENDING)
-def test_pending_configs_are_refused_in_one_line(name):
-    """Until the tool reads them, PENDING configs are refused by exit 2 in one line. When this
-    fails, the tool reads the config: move it into CORPUS."""
-    file, words = PENDING[name]
-    result = CliRunner().invoke(main, ["show", "--spec", str(CONFIGS / name / file)])
-    assert result.exit_code == 2 and words in result.output, result.output
-    assert len(result.output.strip().splitlines()) == 1
 
 
 # ---- the tiny model of each entry, against transformers through every target ----------------
