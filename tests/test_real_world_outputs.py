@@ -423,6 +423,11 @@ def test_7_trainer_mdl_converts_to_hf_exactly_under_cerebras_pytorch(emitted, hf
     back = _opened(tmp_path / "hf" / "model.safetensors")
     assert set(back) == set(original)
     assert all(torch.equal(back[name], original[name]) for name in original)
+    # and the .mdl that convert.py itself writes (read back through cstorch before the rename)
+    written = tmp_path / "from_hf.mdl"
+    converted = run_in_venv(emitted, "convert.py", "to-cerebras", str(hf_tiny), str(written))
+    assert converted.returncode == 0, converted.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
 def test_4_convert_to_hf_writes_the_specs_token_ids_and_keeps_a_configs_own(cerebras_tiny,
