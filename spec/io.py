@@ -395,9 +395,9 @@ def to_hf_config(spec: ModelSpec) -> dict[str, Any]:
 
 def _eos_as_hf(eos: tuple[int, ...] | None) -> int | list[int] | None:
     """The spec's eos ids as config.json gives them: an int for one id, else a list (or null)."""
-    if eos is None or len(eos) > 1:
-        return None if eos is None else list(eos)
-    return eos[0]
+    if eos is None:
+        return None
+    return eos[0] if len(eos) == 1 else list(eos)
 
 
 SPEC_FILE_HEADER = """\

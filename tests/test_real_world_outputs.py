@@ -340,14 +340,15 @@ def _as_trainer_saved(cs: Path, dst: Path, prefix: str = "model.", only=lambda n
     return dst
 
 
-@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
-@pytest.mark.parametrize("tool", ["codegen", "convert.py"])
+# codegen convert reads safetensors only; the emitted convert.py reads .pt (and .mdl) too
+@pytest.mark.parametrize(
+    ("tool", "suffix"),
+    [("codegen", ".safetensors"), ("convert.py", ".safetensors"), ("convert.py", ".pt")],
+)
 def test_7_trainer_checkpoint_converts_to_hf_exactly(suffix, tool, emitted, hf_tiny,
                                                      cerebras_tiny, tmp_path):  # fmt: skip
     """Every key `model.`-prefixed: both converters give back transformers' tensors bit for bit,
     and transformers loads the folder."""
-    if tool == "codegen" and suffix == ".pt":
-        pytest.skip("codegen convert reads safetensors only (the emitted convert.py reads .pt)")
     src = _as_trainer_saved(cerebras_tiny, tmp_path / f"checkpoint_100{suffix}")
     dst = tmp_path / "hf"
     if tool == "codegen":
@@ -423,6 +424,11 @@ def test_7_trainer_mdl_converts_to_hf_exactly_under_cerebras_pytorch(emitted, hf
     back = _opened(tmp_path / "hf" / "model.safetensors")
     assert set(back) == set(original)
     assert all(torch.equal(back[name], original[name]) for name in original)
+    # and the .mdl that convert.py itself writes (read back through cstorch before the rename)
+    written = tmp_path / "from_hf.mdl"
+    converted = run_in_venv(emitted, "convert.py", "to-cerebras", str(hf_tiny), str(written))
+    assert converted.returncode == 0, converted.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
 def test_4_convert_to_hf_writes_the_specs_token_ids_and_keeps_a_configs_own(cerebras_tiny,

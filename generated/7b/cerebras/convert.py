@@ -321,13 +321,12 @@ def load_hf(path: Path) -> dict[str, Tensor]:
     return load_safetensors(files)
 
 
-def load_cs(path: Path, suffix: str | None = None) -> dict[str, Tensor]:
+def load_cs(path: Path) -> dict[str, Tensor]:
     """A Cerebras checkpoint: .mdl (cstorch.save), .pt/.pth ({"model": state_dict}) or
-    .safetensors; `suffix` overrides the path's (a temporary file read back)."""
-    suffix = suffix or path.suffix
-    if suffix == ".safetensors":
+    .safetensors."""
+    if path.suffix == ".safetensors":
         return load_safetensors([path])
-    if suffix == ".mdl":
+    if path.suffix == ".mdl":
         import cerebras.pytorch as cstorch
 
         model = cstorch.load(str(path), map_location="cpu")["model"]
@@ -341,6 +340,16 @@ def load_cs(path: Path, suffix: str | None = None) -> dict[str, Tensor]:
             f"{shown(path)}: not a dict of tensors, nor one under the key 'model'"
         )
     return dict(state)
+
+
+def saved_state(file: Path, suffix: str) -> dict[str, Tensor]:
+    """The state dict of a .mdl or .pt file this script wrote, without reading the data into
+    memory (cstorch's deferred tensors; torch's memory map)."""
+    if suffix == ".mdl":
+        import cerebras.pytorch as cstorch
+
+        return cstorch.load(str(file), map_location="cpu")["model"]
+    return torch.load(file, map_location="cpu", weights_only=True, mmap=True)["model"]
 
 
 def check_written(path: Path, file: Path, tensors: dict[str, Tensor]) -> None:
@@ -358,7 +367,7 @@ def check_written(path: Path, file: Path, tensors: dict[str, Tensor]) -> None:
         }
     else:
         try:  # torch.load and cstorch.load raise many kinds of errors on a short file
-            back = load_cs(file, path.suffix)
+            back = saved_state(file, path.suffix)
         except Exception as exc:  # noqa: BLE001 - whatever the reason, it is not what was written
             raise CheckpointError(
                 f"the written file does not read back ({type(exc).__name__})"
@@ -389,7 +398,7 @@ def write_atomically(
         os.chmod(temporary, 0o666 & ~umask)  # the mode an ordinary new file gets
         os.replace(temporary, path)
     except BaseException:
-        os.unlink(temporary)
+        Path(temporary).unlink(missing_ok=True)  # save_mdl may have removed it already
         raise
 
 
@@ -401,7 +410,11 @@ def save_cs(cs: dict[str, Tensor], path: Path) -> None:
     elif path.suffix == ".mdl":
         import cerebras.pytorch as cstorch
 
-        write_atomically(path, lambda file: cstorch.save({"model": cs}, str(file)), check)
+        def save_mdl(file: Path) -> None:
+            file.unlink()  # cstorch.save refuses a file that exists: mkstemp only reserved the name
+            cstorch.save({"model": cs}, str(file))
+
+        write_atomically(path, save_mdl, check)
     else:
         write_atomically(path, lambda file: torch.save({"model": cs}, file), check)
 
