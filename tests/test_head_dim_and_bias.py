@@ -225,3 +225,15 @@ def test_convert_round_trips_a_decoupled_head_size_and_refuses_biases(tmp_path):
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert "attention_bias and mlp_bias" in result.output
     assert not (tmp_path / "b.safetensors").exists()
+
+
+def test_show_states_head_dim_and_biases(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(BIASED))
+    result = CliRunner().invoke(main, ["show", "--spec", str(tmp_path / "config.json")])
+    rows = {
+        line.split("  ")[0]: line.split("  ")[-1].strip() for line in result.output.splitlines()
+    }
+    assert rows["head_dim"] == "32" and rows["biases"] == "attention and mlp"
+    assert f"{transformers_model(BIASED).num_parameters():,}" in result.output
+    plain = CliRunner().invoke(main, ["show", "--size", "tiny"]).output
+    assert "biases" not in plain
