@@ -131,7 +131,7 @@ def test_spec_files_and_config_json_round_trip(config, tmp_path):
 
 
 @pytest.mark.parametrize("target", NOT_CEREBRAS)
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", ["minitron", "biased"])  # one flag alone: the oracle's test
 def test_every_target_matches_transformers(target, name, tmp_path):
     expected = transformers_checkpoint(CONFIGS[name], tmp_path / "hf")
     spec = load_spec(tmp_path / "hf")  # the config.json transformers wrote
