@@ -172,12 +172,14 @@ def human_count(n: int) -> str:
 
 def derived_numbers(spec: ModelSpec) -> dict[str, Any]:
     gib = 2**30
+    biases = [kind for kind in ("attention", "mlp") if getattr(spec, f"{kind}_bias")]
     return {
         "name": spec.name,
         "parameters": spec.param_count,
         "dim / layers / heads / kv heads": f"{spec.dim} / {spec.n_layers} / {spec.n_heads} / "
         f"{spec.n_kv_heads}",
         "head_dim": spec.head_dim,
+        **({"biases": " and ".join(biases)} if biases else {}),  # no LLaMA has any
         "ffn hidden": spec.ffn_dim,
         "vocab / context": f"{spec.vocab_size} / {spec.max_seq_len}",
         "FLOPs per token, forward": spec.flops_per_token_forward,

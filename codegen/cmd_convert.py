@@ -19,6 +19,8 @@ from typing import BinaryIO
 
 import click
 
+from backends.base import OptionError
+from backends.cerebras import check_expressible
 from backends.cerebras.mapping import CheckpointLayout, rope_row_order
 from backends.checked_reader import hf_config_mismatches, read_json, tied_head_differs
 from backends.safetensors_format import (
@@ -314,6 +316,10 @@ def convert_command(
     if size is None and spec_file is None and direction == "cerebras" and src.is_dir():
         spec_file = src
     spec = resolve_spec(size, spec_file)
+    try:  # what the Cerebras target cannot hold, no converter can write (biases)
+        check_expressible(spec)
+    except OptionError as exc:
+        raise UserError(f"convert: {exc}") from None
     layout = CheckpointLayout.of(spec)
     if direction == "cerebras":
         if dst.suffix != ".safetensors":

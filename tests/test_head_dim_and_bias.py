@@ -131,7 +131,7 @@ def test_spec_files_and_config_json_round_trip(config, tmp_path):
 
 
 @pytest.mark.parametrize("target", NOT_CEREBRAS)
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", ["minitron", "biased"])  # one flag alone: the oracle's test
 def test_every_target_matches_transformers(target, name, tmp_path):
     expected = transformers_checkpoint(CONFIGS[name], tmp_path / "hf")
     spec = load_spec(tmp_path / "hf")  # the config.json transformers wrote
@@ -197,3 +197,43 @@ def test_cerebras_refuses_biases_in_one_line_and_others_build(config, tmp_path):
             ],
         )
         assert result.exit_code == 0, result.output
+
+
+def test_convert_round_trips_a_decoupled_head_size_and_refuses_biases(tmp_path):
+    from safetensors.numpy import load_file
+
+    transformers_checkpoint(MINITRON, tmp_path / "hf")
+    cs, back = tmp_path / "cs.safetensors", tmp_path / "back"
+    spec_file = str(tmp_path / "hf" / "config.json")
+    for args in (["cerebras", str(tmp_path / "hf"), str(cs)], ["hf", str(cs), str(back)]):
+        result = CliRunner().invoke(main, ["convert", "--spec", spec_file, "--to", *args])
+        assert result.exit_code == 0, result.output
+    theirs = load_file(tmp_path / "hf" / "model.safetensors")
+    ours = load_file(back / "model.safetensors")
+    assert ours.keys() == theirs.keys()
+    assert all(np.array_equal(ours[k], theirs[k]) for k in theirs)  # bit-exact
+    # q rows of head 1 are interleaved per head of 32 (not of dim / n_heads = 24)
+    q = load_file(cs)["transformer_decoder.layers.0.self_attn.proj_q_dense_layer.weight"]
+    hf_q = theirs["model.layers.0.self_attn.q_proj.weight"]
+    assert np.array_equal(q[32:34], hf_q[[32, 48]])
+
+    transformers_checkpoint(BIASED, tmp_path / "biased")
+    result = CliRunner().invoke(
+        main,
+        ["convert", "--to", "cerebras", str(tmp_path / "biased"), str(tmp_path / "b.safetensors")],
+    )
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "attention_bias and mlp_bias" in result.output
+    assert not (tmp_path / "b.safetensors").exists()
+
+
+def test_show_states_head_dim_and_biases(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(BIASED))
+    result = CliRunner().invoke(main, ["show", "--spec", str(tmp_path / "config.json")])
+    rows = {
+        line.split("  ")[0]: line.split("  ")[-1].strip() for line in result.output.splitlines()
+    }
+    assert rows["head_dim"] == "32" and rows["biases"] == "attention and mlp"
+    assert f"{transformers_model(BIASED).num_parameters():,}" in result.output
+    plain = CliRunner().invoke(main, ["show", "--size", "tiny"]).output
+    assert "biases" not in plain
