@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -287,6 +287,7 @@ class Model(nn.Module):
         max_new_tokens: int,
         temperature: float = 0.0,
         top_k: int | None = None,
+        top_p: float | None = None,
         generator: torch.Generator | None = None,
         compile: bool = False,
         attention_mask: Tensor | None = None,
@@ -300,11 +301,38 @@ class Model(nn.Module):
         A row finishes at any eos_token_id (None: never) and then emits pad_token_id (None: the
         first eos id, as transformers does); generation ends when every row has finished, so
         `steps` <= max_new_tokens. temperature 0 is greedy; otherwise sample from
-        softmax(logits / temperature), restricted to the top_k most likely tokens when top_k is
-        given. compile=True runs the decode steps through torch.compile: the first call pays the
-        compilation, later steps and calls run several times faster on CPU.
+        softmax(logits / temperature), restricted to the top_k most likely tokens and then to the
+        smallest set whose probability reaches top_p (transformers' order and rules), drawing from
+        `generator` (a seeded torch.Generator repeats its tokens). compile=True runs the decode
+        steps through torch.compile: the first call pays the compilation, later steps and calls
+        run several times faster on CPU. `stream` yields the same tokens step by step.
 
-        Raises ValueError when T + max_new_tokens exceeds max_seq_len.
+        Raises ValueError when T + max_new_tokens exceeds max_seq_len, or for top_k < 1 or
+        top_p outside (0, 1].
+        """
+        steps = self.stream(
+            input_ids, max_new_tokens, temperature, top_k, top_p, generator, compile,
+            attention_mask, eos_token_id, pad_token_id,
+        )  # fmt: skip
+        return torch.cat([input_ids, *steps], dim=1)
+
+    def stream(
+        self,
+        input_ids: Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+        compile: bool = False,
+        attention_mask: Tensor | None = None,
+        eos_token_id: int | Sequence[int] | None = EOS_TOKEN_IDS,
+        pad_token_id: int | None = PAD_TOKEN_ID,
+    ) -> Iterator[Tensor]:
+        """generate, one step at a time: an iterator of each step's new tokens (B, 1), each
+        yielded as soon as it is chosen (finished rows yield pad_token_id). The arguments and
+        errors are generate's, raised here rather than at the first step; the KV cache lives
+        until the iterator ends or is closed.
         """
         B, T = input_ids.shape
         limit = self.args.max_seq_len
@@ -312,6 +340,29 @@ class Model(nn.Module):
             raise ValueError(
                 f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len {limit}"
             )
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        return self._steps(
+            input_ids, max_new_tokens, functools.partial(
+                sample, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
+            ), compile, attention_mask, eos_token_id, pad_token_id,
+        )  # fmt: skip
+
+    @torch.inference_mode()
+    def _steps(
+        self,
+        input_ids: Tensor,
+        max_new_tokens: int,
+        choose: Callable[[Tensor], Tensor],
+        compile: bool,
+        attention_mask: Tensor | None,
+        eos_token_id: int | Sequence[int] | None,
+        pad_token_id: int | None,
+    ) -> Iterator[Tensor]:
+        """stream's loop: `choose` maps last-position logits (B, vocab) to tokens (B, 1)."""
+        B, T = input_ids.shape
         eos = stop_tokens(eos_token_id, input_ids.device)
         pad = pad_token_id if pad_token_id is not None else int(eos[0]) if len(eos) else 0
         position_ids = key_mask = None
@@ -323,25 +374,23 @@ class Model(nn.Module):
         decode = self.compiled_forward if compile else self
         self.setup_cache(B, T + max_new_tokens)
         try:
-            tokens = [input_ids]
             logits = self(input_ids, position_ids=position_ids, key_mask=key_mask)[
                 :, -1
             ]  # (B, vocab)
             finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
             for i in range(max_new_tokens):
-                token = sample(logits, temperature, top_k, generator)  # (B, 1)
-                tokens.append(token.masked_fill(finished[:, None], pad))
-                finished |= torch.isin(tokens[-1][:, 0], eos)
+                token = choose(logits).masked_fill(finished[:, None], pad)  # (B, 1)
+                finished |= torch.isin(token[:, 0], eos)
+                yield token
                 if i + 1 == max_new_tokens or bool(finished.all()):
                     break
                 if position_ids is not None:
                     position_ids = position_ids[:, -1:] + 1  # (B, 1)
                 logits = decode(
-                    tokens[-1], start_pos=T + i, position_ids=position_ids, key_mask=key_mask
+                    token, start_pos=T + i, position_ids=position_ids, key_mask=key_mask
                 )[:, -1]
         finally:
             self.clear_cache()
-        return torch.cat(tokens, dim=1)
 
 
 def stop_tokens(eos_token_id: int | Sequence[int] | None, device: torch.device) -> Tensor:
@@ -353,13 +402,33 @@ def stop_tokens(eos_token_id: int | Sequence[int] | None, device: torch.device) 
 
 
 def sample(
-    logits: Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
+    logits: Tensor,
+    temperature: float,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Next token (B, 1) from last-position logits (B, vocab)."""
+    """Next token (B, 1) from last-position logits (B, vocab): the argmax for temperature 0,
+    else a draw from softmax(filter_logits(logits / temperature, top_k, top_p))."""
     if temperature == 0.0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
+    logits = filter_logits(logits / temperature, top_k, top_p)
+    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator)
+
+
+def filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Tensor:
+    """logits (B, vocab) with -inf outside the top_k largest, then outside the smallest set
+    whose softmax reaches top_p; at least one token always stays. The rules of transformers'
+    TopKLogitsWarper and TopPLogitsWarper, applied in their order (ties at the k-th value stay).
+    """
     if top_k is not None:
         kth_best = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
         logits = logits.masked_fill(logits < kth_best, float("-inf"))
-    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator)
+    if top_p is not None and top_p < 1.0:
+        ascending, order = torch.sort(logits, dim=-1)
+        # Drop the least likely tokens while their total stays within 1 - top_p: what is left is
+        # the smallest set holding top_p; the last (most likely) token always stays.
+        drop = F.softmax(ascending, dim=-1).cumsum(dim=-1) <= 1 - top_p
+        drop[:, -1] = False
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
