@@ -170,6 +170,54 @@ def test_chunk_on_a_non_empty_cache_equals_the_full_forward(models):
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_decode_equals_transformers_prefill_at_every_position_with_padding(models):
+    """The left-padded batch fed through the static cache as a 2-token prefill, then one token
+    per step at a tensor start_pos, then a 6-token chunk: at every real (unpadded) position the
+    logits of transformers' full forward with the same attention_mask and position_ids."""
+    import torch
+
+    model, reference = models
+    ids, mask = padded_batch()
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # what transformers' generate passes
+    with torch.no_grad():
+        expected = reference(ids, attention_mask=mask, position_ids=positions).logits
+        model.setup_cache(len(LENGTHS), ids.shape[1])
+        try:
+            pieces = [(0, 2), *((t, t + 1) for t in range(2, 24)), (24, 30)]
+            actual = torch.cat(
+                [
+                    model(
+                        ids[:, a:b], start_pos=torch.tensor(a), position_ids=positions[:, a:b],
+                        key_mask=mask,
+                    )
+                    for a, b in pieces
+                ],
+                dim=1,
+            )  # fmt: skip
+        finally:
+            model.clear_cache()
+    real = mask.bool()
+    torch.testing.assert_close(actual[real], expected[real], rtol=1e-5, atol=1e-5)
+
+
+def test_generate_prefill_computes_the_last_positions_logits_only(models):
+    """As transformers' generate does (logits_to_keep=1): the head sees one position per row in
+    the prefill, and logits_to_keep=1 gives the full forward's last logits."""
+    import torch
+
+    model, _ = models
+    ids, mask = padded_batch()
+    seen = []
+    hook = model.lm_head.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
+    try:
+        model.generate(ids, 2, attention_mask=mask, eos_token_id=None)
+    finally:
+        hook.remove()
+    assert seen == [(len(LENGTHS), 1, SPEC.dim)] * 2
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, logits_to_keep=1), model(ids)[:, -1:])
+
+
 def test_top_k_1_sampling_equals_greedy(models):
     """Sampling restricted to the single most likely token is greedy decoding, padded or not."""
     import torch

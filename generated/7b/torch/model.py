@@ -106,12 +106,14 @@ class KVCache(nn.Module):
         self.register_buffer("k", like.new_zeros(shape), persistent=False)
         self.register_buffer("v", like.new_zeros(shape), persistent=False)
 
-    def update(self, start_pos: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store k, v at positions start_pos.. and return every key and value so far."""
-        batch, end = k.shape[0], start_pos + k.shape[2]
-        self.k[:batch, :, start_pos:end] = k
-        self.v[:batch, :, start_pos:end] = v
-        return self.k[:batch, :, :end], self.v[:batch, :, :end]
+    def update(self, slots: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store k, v (B, n_kv_heads, T, head_dim) at cache slots `slots` (T,), long, and return
+        the whole buffers (B, n_kv_heads, max_len, head_dim): the shapes never change, so one
+        compiled step (and one CUDA graph) serves every position."""
+        keys, values = self.k[: k.shape[0]], self.v[: k.shape[0]]
+        keys.index_copy_(2, slots, k)
+        values.index_copy_(2, slots, v)
+        return keys, values
 
 
 class Attention(nn.Module):
@@ -126,55 +128,64 @@ class Attention(nn.Module):
         self.kv_cache: KVCache | None = None
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, start_pos: int, key_mask: Tensor | None = None
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        slots: Tensor | None,
+        visible: Tensor | None = None,
     ) -> Tensor:
+        """x (B, T, dim) at cache slots `slots` (T,); visible: see Model.forward (None: causal
+        over these T tokens alone, no cache)."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # (B, heads, T, head_dim)
-        cached_k, cached_v = k, v
-        if self.kv_cache is not None:
-            cached_k, cached_v = self.kv_cache.update(start_pos, k, v)
-        if key_mask is not None:  # padded rows: the masked path, for prefill and decode alike
-            y = attend_cached(q, cached_k, cached_v, start_pos, key_mask=key_mask)
-        elif start_pos == 0:  # nothing before these tokens: fused causal SDPA on them alone
+        if self.kv_cache is not None:  # every cached step, prefill and decode: one shape
+            k, v = self.kv_cache.update(slots, k, v)  # (B, n_kv_heads, max_len, head_dim)
+        if visible is not None:
+            y = attend(q, k, v, visible)
+        else:  # a whole unpadded sequence without a cache (training): fused causal SDPA
             y = F.scaled_dot_product_attention(
                 q, k, v, is_causal=T > 1, enable_gqa=self.n_kv_heads != self.n_heads
             )  # (B, n_heads, T, head_dim)
-        else:
-            y = attend_cached(q, cached_k, cached_v, start_pos)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
-def attend_cached(
-    q: Tensor, k: Tensor, v: Tensor, start_pos: int, key_mask: Tensor | None = None
-) -> Tensor:
-    """Queries (B, n_heads, T, head_dim) at cache slots start_pos.. over cached keys and values
-    (B, n_kv_heads, start_pos + T, head_dim), softmax in float32. key_mask (B, start_pos + T),
-    bool, False at padding: those keys are hidden from every query but their own (a padding
-    query must see some key, or its softmax is NaN and the NaN reaches real rows through v).
+def attend(q: Tensor, k: Tensor, v: Tensor, visible: Tensor) -> Tensor:
+    """Queries (B, n_heads, T, head_dim) over keys and values (B, n_kv_heads, S, head_dim),
+    where visible (T, S) or (B, 1, T, S), bool, says which key each query may see; softmax in
+    float32.
 
-    A plain matmul-softmax: SDPA's CPU kernel is slow on the cache's strided slices. Each key/value
-    head serves n_heads / n_kv_heads consecutive query heads; grouping them as rows avoids copies.
+    A plain matmul-softmax: under torch.compile on CPU it fuses into the step and beats SDPA's
+    CPU kernel at decode. Each key/value head serves n_heads / n_kv_heads consecutive query
+    heads; grouping them as rows avoids copies.
     """
     B, n_heads, T, head_dim = q.shape
-    n_kv_heads, S = k.shape[1], k.shape[2]
+    n_kv_heads = k.shape[1]
     groups = n_heads // n_kv_heads
     q = q.reshape(B, n_kv_heads, groups * T, head_dim)  # rows: (group, query)
     scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(
         head_dim
     )  # (B, n_kv_heads, groups * T, S)
-    if T > 1 or key_mask is not None:
-        keys = torch.arange(S, device=q.device)
-        queries = torch.arange(start_pos, start_pos + T, device=q.device).repeat(groups)
-        hidden = keys[None, :] > queries[:, None]  # (groups * T, S): the future
-        if key_mask is not None:  # (B, 1, groups * T, S): and padding, except the query itself
-            padding = ~key_mask[:, None, None, :] & (keys[None, :] != queries[:, None])
-            hidden = hidden | padding
-        scores = scores.masked_fill(hidden, float("-inf"))
+    visible = visible.repeat(*[1] * (visible.dim() - 2), groups, 1)  # (..., groups * T, S)
+    scores = scores.masked_fill(~visible, float("-inf"))
     y = F.softmax(scores, dim=-1).type_as(v) @ v  # (B, n_kv_heads, groups * T, head_dim)
     return y.view(B, n_heads, T, head_dim)
+
+
+def visible_keys(slots: Tensor, S: int, key_mask: Tensor | None) -> Tensor:
+    """Which of S key slots each query at slots (T,) sees: (T, S), or (B, 1, T, S) with key_mask
+    (B, >= S), bool, False at padding. A query sees its own slot and earlier ones (later slots
+    hold the future, or stale values), never padding slots, except a padding query its own (a
+    query must see some key, or its softmax is NaN and the NaN reaches real rows through v)."""
+    keys = torch.arange(S, device=slots.device)
+    visible = keys[None, :] <= slots[:, None]  # (T, S)
+    if key_mask is not None:
+        itself = keys[None, :] == slots[:, None]
+        visible = visible & (key_mask[:, None, None, :S] | itself)
+    return visible
 
 
 class MLP(nn.Module):
@@ -197,9 +208,14 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps, args.dtype)
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, start_pos: int, key_mask: Tensor | None = None
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        slots: Tensor | None,
+        visible: Tensor | None = None,
     ) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, start_pos, key_mask=key_mask)
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, slots, visible=visible)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -229,33 +245,46 @@ class Model(nn.Module):
     def forward(
         self,
         input_ids: Tensor,
-        start_pos: int = 0,
+        start_pos: int | Tensor = 0,
         position_ids: Tensor | None = None,
         key_mask: Tensor | None = None,
+        logits_to_keep: int = 0,
     ) -> Tensor:
         """Logits (B, T, vocab) in float32 for input_ids (B, T) placed at cache slots start_pos..
+        (only the last logits_to_keep positions when > 0, as in transformers).
 
+        start_pos may be a 0-d long tensor: with a cache (setup_cache) every step then has the
+        same shapes, whatever its position, and compiles to one graph (one CUDA graph under
+        mode="reduce-overhead"); a tensor start_pos is not checked against the cache's length.
         For left-padded batches (what generate passes): position_ids (B, T), each row's RoPE
-        positions (default start_pos + 0..T-1 for every row), and key_mask (B, >= start_pos + T),
-        bool, False at padding slots, which no other query attends to.
+        positions (default start_pos + 0..T-1 for every row), and key_mask (B, >= the cache's
+        length, or >= T without a cache), bool, False at padding slots, which no other query
+        attends to.
         """
         T = input_ids.shape[1]
-        if start_pos + T > self.args.max_seq_len:
+        cache = self.model.layers[0].self_attn.kv_cache
+        if not isinstance(start_pos, Tensor) and start_pos + T > self.args.max_seq_len:
             raise ValueError(
                 f"positions up to {start_pos + T} exceed max_seq_len {self.args.max_seq_len}"
             )
-        if start_pos and self.model.layers[0].self_attn.kv_cache is None:
+        if cache is None and (isinstance(start_pos, Tensor) or start_pos):
             raise ValueError("start_pos > 0 needs a KV cache: call setup_cache() first")
+        slots = start_pos + torch.arange(T, device=input_ids.device)  # (T,)
         if position_ids is None:
-            cos = self.rope_cos[start_pos : start_pos + T]  # (T, head_dim // 2)
-            sin = self.rope_sin[start_pos : start_pos + T]
-        else:  # (B, 1, T, head_dim // 2): broadcast over heads
-            cos, sin = self.rope_cos[position_ids][:, None], self.rope_sin[position_ids][:, None]
-        if key_mask is not None:
-            key_mask = key_mask[:, : start_pos + T].bool()
+            position_ids = slots[None]  # (1, T): every row alike
+        cos, sin = (
+            self.rope_cos[position_ids][:, None],
+            self.rope_sin[position_ids][:, None],
+        )  # (B, 1, T, head_dim // 2)
+        visible = None  # a whole unpadded sequence without a cache: causal attention alone
+        if cache is not None or key_mask is not None:
+            S = cache.k.shape[2] if cache is not None else T
+            visible = visible_keys(slots, S, None if key_mask is None else key_mask.bool())
         x = self.model.embed_tokens(input_ids)  # (B, T, dim)
         for layer in self.model.layers:
-            x = layer(x, cos, sin, start_pos, key_mask=key_mask)
+            x = layer(x, cos, sin, slots, visible=visible)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
         return self.lm_head(self.model.norm(x)).float()
 
     def setup_cache(self, batch: int, max_len: int) -> None:
@@ -276,9 +305,12 @@ class Model(nn.Module):
 
     @functools.cached_property
     def compiled_forward(self) -> Callable[..., Tensor]:
-        """forward under torch.compile, compiled at its first call. dynamic=True makes start_pos
-        symbolic, so every decode position shares one graph."""
-        return torch.compile(self.forward, dynamic=True)
+        """forward under torch.compile(fullgraph=True), compiled at its first call. Given a
+        tensor start_pos and a cache, every decode position shares one graph; on CUDA it runs as
+        one CUDA graph (mode="reduce-overhead"), since a step's kernels are too short to hide
+        their launches. The mode is chosen for the device the model is on at the first access."""
+        cuda = self.rope_cos.device.type == "cuda"
+        return torch.compile(self.forward, fullgraph=True, mode="reduce-overhead" if cuda else None)
 
     @torch.inference_mode()
     def generate(
@@ -374,10 +406,13 @@ class Model(nn.Module):
         decode = self.compiled_forward if compile else self
         self.setup_cache(B, T + max_new_tokens)
         try:
-            logits = self(input_ids, position_ids=position_ids, key_mask=key_mask)[
-                :, -1
-            ]  # (B, vocab)
+            logits = self(
+                input_ids, position_ids=position_ids, key_mask=key_mask, logits_to_keep=1
+            )[:, -1]  # (B, vocab)
             finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+            slot = torch.tensor(
+                T, device=input_ids.device
+            )  # the next token's; stepped on the device
             for i in range(max_new_tokens):
                 token = choose(logits).masked_fill(finished[:, None], pad)  # (B, 1)
                 finished |= torch.isin(token[:, 0], eos)
@@ -387,8 +422,9 @@ class Model(nn.Module):
                 if position_ids is not None:
                     position_ids = position_ids[:, -1:] + 1  # (B, 1)
                 logits = decode(
-                    token, start_pos=T + i, position_ids=position_ids, key_mask=key_mask
+                    token, start_pos=slot, position_ids=position_ids, key_mask=key_mask
                 )[:, -1]
+                slot = slot + 1
         finally:
             self.clear_cache()
 
