@@ -417,7 +417,8 @@ class Model(nn.Module):
                 token = choose(logits).masked_fill(finished[:, None], pad)  # (B, 1)
                 finished |= torch.isin(token[:, 0], eos)
                 yield token
-                if i + 1 == max_new_tokens or bool(finished.all()):
+                # Without eos ids no row finishes: skip the check, a device sync on GPU.
+                if i + 1 == max_new_tokens or (len(eos) and bool(finished.all())):
                     break
                 if position_ids is not None:
                     position_ids = position_ids[:, -1:] + 1  # (B, 1)
