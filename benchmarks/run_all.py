@@ -20,7 +20,7 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 # Sections from here on hold results of benchmarks/gpu.py on a device machine, pasted by hand:
 # a CPU run keeps them.
 GPU_HEADING = "\n## GPU"
-MODULES = ["bench_build", "bench_cpu", "bench_jax", "bench_onnx"]
+MODULES = ["bench_build", "bench_cpu", "bench_generate", "bench_jax", "bench_onnx"]
 
 
 def versions() -> str:

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from transformers import GenerationConfig, LlamaConfig
 
 from spec import get_preset, load_spec, to_hf_config
@@ -167,6 +170,54 @@ def test_chunk_on_a_non_empty_cache_equals_the_full_forward(models):
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_decode_equals_transformers_prefill_at_every_position_with_padding(models):
+    """The left-padded batch fed through the static cache as a 2-token prefill, then one token
+    per step at a tensor start_pos, then a 6-token chunk: at every real (unpadded) position the
+    logits of transformers' full forward with the same attention_mask and position_ids."""
+    import torch
+
+    model, reference = models
+    ids, mask = padded_batch()
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # what transformers' generate passes
+    with torch.no_grad():
+        expected = reference(ids, attention_mask=mask, position_ids=positions).logits
+        model.setup_cache(len(LENGTHS), ids.shape[1])
+        try:
+            pieces = [(0, 2), *((t, t + 1) for t in range(2, 24)), (24, 30)]
+            actual = torch.cat(
+                [
+                    model(
+                        ids[:, a:b], start_pos=torch.tensor(a), position_ids=positions[:, a:b],
+                        key_mask=mask,
+                    )
+                    for a, b in pieces
+                ],
+                dim=1,
+            )  # fmt: skip
+        finally:
+            model.clear_cache()
+    real = mask.bool()
+    torch.testing.assert_close(actual[real], expected[real], rtol=1e-5, atol=1e-5)
+
+
+def test_generate_prefill_computes_the_last_positions_logits_only(models):
+    """As transformers' generate does (logits_to_keep=1): the head sees one position per row in
+    the prefill, and logits_to_keep=1 gives the full forward's last logits."""
+    import torch
+
+    model, _ = models
+    ids, mask = padded_batch()
+    seen = []
+    hook = model.lm_head.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
+    try:
+        model.generate(ids, 2, attention_mask=mask, eos_token_id=None)
+    finally:
+        hook.remove()
+    assert seen == [(len(LENGTHS), 1, SPEC.dim)] * 2
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, logits_to_keep=1), model(ids)[:, -1:])
+
+
 def test_top_k_1_sampling_equals_greedy(models):
     """Sampling restricted to the single most likely token is greedy decoding, padded or not."""
     import torch
@@ -201,3 +252,145 @@ def test_max_new_tokens_past_the_context_is_one_line_error(models):
         ValueError, match=r"^prompt \(30\) \+ max_new_tokens \(99\) exceeds max_seq_len 128$"
     ):
         model.generate(ids, 99)
+
+
+# --- sampling: top-k / top-p, seeded generators, streaming --------------------------------
+
+
+def model_module(model):
+    """The emitted model.py module of a Model instance (its sample and filter_logits)."""
+    import sys
+
+    return sys.modules[type(model).__module__]
+
+
+@st.composite
+def sampling_cases(draw):
+    """Distinct random logits (vocab 2..40), a temperature and top_k / top_p (None: off)."""
+    vocab = draw(st.integers(2, 40))
+    logits = draw(st.lists(st.floats(-8, 8, width=32), min_size=vocab, max_size=vocab, unique=True))
+    top_k = draw(st.none() | st.integers(1, vocab))
+    top_p = draw(st.none() | st.floats(0.01, 1.0))
+    return np.array(logits, np.float32), draw(st.floats(0.3, 3.0)), top_k, top_p
+
+
+def allowed_tokens(logits: np.ndarray, temperature: float, top_k, top_p) -> set[int]:
+    """The tokens top-k then top-p keep, from the definitions, in float64 with numpy: the k most
+    likely, then the smallest most-likely-first prefix of those whose renormalised probability
+    reaches top_p. Rejects (hypothesis.assume) cases within 1e-4 of top_p's boundary, where
+    float32 rounding may decide."""
+    order = np.argsort(-logits.astype(np.float64), kind="stable")  # most likely first
+    kept = order[: top_k if top_k is not None else len(order)]
+    if top_p is None:
+        return set(kept.tolist())
+    scaled = logits[kept].astype(np.float64) / temperature
+    probs = np.exp(scaled - scaled.max())
+    cumulative = np.cumsum(probs / probs.sum())
+    assume(np.all(np.abs(cumulative[:-1] - top_p) > 1e-4))
+    size = int(np.searchsorted(cumulative, top_p)) + 1  # first prefix reaching top_p
+    return set(kept[: min(size, len(kept))].tolist())
+
+
+@settings(max_examples=40)  # cheap: no model runs
+@given(case=sampling_cases())
+def test_sampling_never_leaves_the_top_k_top_p_set(models, case):
+    """4000 draws from one row of logits all fall in the allowed set computed independently."""
+    import torch
+
+    logits, temperature, top_k, top_p = case
+    allowed = allowed_tokens(logits, temperature, top_k, top_p)
+    rows = torch.from_numpy(logits).repeat(4000, 1)
+    tokens = model_module(models[0]).sample(
+        rows, temperature, top_k, top_p, torch.Generator().manual_seed(0)
+    )
+    assert set(tokens[:, 0].tolist()) <= allowed
+
+
+@settings(max_examples=40)
+@given(case=sampling_cases())
+def test_filter_keeps_what_transformers_warpers_keep(models, case):
+    """Our filter_logits keeps exactly the tokens of transformers' TopKLogitsWarper followed by
+    TopPLogitsWarper (generate's order), on logits already divided by the temperature."""
+    import torch
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    logits, temperature, top_k, top_p = case
+    scores = torch.from_numpy(logits)[None] / temperature
+    theirs = scores.clone()
+    if top_k is not None:
+        theirs = TopKLogitsWarper(top_k)(None, theirs)
+    if top_p is not None and top_p < 1.0:
+        theirs = TopPLogitsWarper(top_p)(None, theirs)
+    ours = model_module(models[0]).filter_logits(scores, top_k, top_p)
+    assert torch.equal(ours.isinf(), theirs.isinf())
+
+
+def test_seeded_sampling_repeats_and_seeds_differ(models):
+    import torch
+
+    model, _ = models
+    ids, mask = padded_batch()
+
+    def sampled(seed):
+        return model.generate(
+            ids, NEW_TOKENS, temperature=1.5, top_k=40, top_p=0.95, attention_mask=mask,
+            eos_token_id=None, generator=torch.Generator().manual_seed(seed),
+        )  # fmt: skip
+
+    assert torch.equal(sampled(0), sampled(0))
+    assert not torch.equal(sampled(0), sampled(1))
+
+
+def test_tiny_top_p_sampling_equals_greedy(models):
+    """top_p so small that only the most likely token reaches it: greedy decoding (1 - 1e-9 is
+    1.0 in float32, so every cumulative probability is within it: the most likely token must
+    still stay)."""
+    import torch
+
+    model, _ = models
+    ids, mask = padded_batch()
+    greedy = model.generate(ids, NEW_TOKENS, attention_mask=mask, eos_token_id=None)
+    sampled = model.generate(
+        ids, NEW_TOKENS, temperature=1.0, top_p=1e-9, attention_mask=mask, eos_token_id=None,
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    assert torch.equal(sampled, greedy)
+
+
+def test_stream_yields_generates_tokens_step_by_step(models):
+    """Greedy with a row stopping early, and seeded sampling: the streamed steps (B, 1) are
+    generate's new tokens; closing the stream early frees the KV cache."""
+    import torch
+
+    model, reference = models
+    ids, mask = padded_batch()
+    eos = early_eos(reference, ids, mask)
+    greedy = {"attention_mask": mask, "eos_token_id": [eos], "pad_token_id": 1}
+    sampling = {"attention_mask": mask, "eos_token_id": None, "temperature": 1.0, "top_p": 0.9}
+    for kwargs in (greedy, sampling):
+        whole = model.generate(
+            ids, NEW_TOKENS, **kwargs, generator=torch.Generator().manual_seed(3)
+        )
+        steps = list(
+            model.stream(ids, NEW_TOKENS, **kwargs, generator=torch.Generator().manual_seed(3))
+        )
+        assert all(step.shape == (len(LENGTHS), 1) for step in steps)
+        assert torch.equal(torch.cat([ids, *steps], dim=1), whole)
+    stream = model.stream(ids, NEW_TOKENS, attention_mask=mask)
+    next(stream)
+    assert model.model.layers[0].self_attn.kv_cache is not None
+    stream.close()
+    assert model.model.layers[0].self_attn.kv_cache is None
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"top_k": 0}, "top_k must be at least 1, got 0"),
+     ({"top_p": 0.0}, r"top_p must be in \(0, 1\], got 0.0"),
+     ({"top_p": 1.5}, r"top_p must be in \(0, 1\], got 1.5")],
+)  # fmt: skip
+def test_bad_sampling_options_are_one_line_errors_at_the_call(models, options, message):
+    model, _ = models
+    ids, _ = padded_batch()
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        model.stream(ids, 4, temperature=1.0, **options)  # raised before any step runs

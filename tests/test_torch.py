@@ -210,9 +210,10 @@ def test_no_graph_breaks_under_torch_compile(packages, batch):
     assert (forward.graph_break_count, forward.graph_count) == (0, 1), forward.break_reasons
     model.setup_cache(batch, 32)
     model(ids)
-    decode = torch._dynamo.explain(model)(ids[:, :1], start_pos=16)
+    for start_pos in (16, torch.tensor(16)):  # generate's static step takes the tensor
+        decode = torch._dynamo.explain(model)(ids[:, :1], start_pos=start_pos)
+        assert (decode.graph_break_count, decode.graph_count) == (0, 1), decode.break_reasons
     model.clear_cache()
-    assert (decode.graph_break_count, decode.graph_count) == (0, 1), decode.break_reasons
 
 
 def test_compiled_generate_matches_eager_and_compiles_once(packages):

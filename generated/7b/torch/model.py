@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -106,12 +106,14 @@ class KVCache(nn.Module):
         self.register_buffer("k", like.new_zeros(shape), persistent=False)
         self.register_buffer("v", like.new_zeros(shape), persistent=False)
 
-    def update(self, start_pos: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store k, v at positions start_pos.. and return every key and value so far."""
-        batch, end = k.shape[0], start_pos + k.shape[2]
-        self.k[:batch, :, start_pos:end] = k
-        self.v[:batch, :, start_pos:end] = v
-        return self.k[:batch, :, :end], self.v[:batch, :, :end]
+    def update(self, slots: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store k, v (B, n_kv_heads, T, head_dim) at cache slots `slots` (T,), long, and return
+        the whole buffers (B, n_kv_heads, max_len, head_dim): the shapes never change, so one
+        compiled step (and one CUDA graph) serves every position."""
+        keys, values = self.k[: k.shape[0]], self.v[: k.shape[0]]
+        keys.index_copy_(2, slots, k)
+        values.index_copy_(2, slots, v)
+        return keys, values
 
 
 class Attention(nn.Module):
@@ -126,55 +128,64 @@ class Attention(nn.Module):
         self.kv_cache: KVCache | None = None
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, start_pos: int, key_mask: Tensor | None = None
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        slots: Tensor | None,
+        visible: Tensor | None = None,
     ) -> Tensor:
+        """x (B, T, dim) at cache slots `slots` (T,); visible: see Model.forward (None: causal
+        over these T tokens alone, no cache)."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # (B, heads, T, head_dim)
-        cached_k, cached_v = k, v
-        if self.kv_cache is not None:
-            cached_k, cached_v = self.kv_cache.update(start_pos, k, v)
-        if key_mask is not None:  # padded rows: the masked path, for prefill and decode alike
-            y = attend_cached(q, cached_k, cached_v, start_pos, key_mask=key_mask)
-        elif start_pos == 0:  # nothing before these tokens: fused causal SDPA on them alone
+        if self.kv_cache is not None:  # every cached step, prefill and decode: one shape
+            k, v = self.kv_cache.update(slots, k, v)  # (B, n_kv_heads, max_len, head_dim)
+        if visible is not None:
+            y = attend(q, k, v, visible)
+        else:  # a whole unpadded sequence without a cache (training): fused causal SDPA
             y = F.scaled_dot_product_attention(
                 q, k, v, is_causal=T > 1, enable_gqa=self.n_kv_heads != self.n_heads
             )  # (B, n_heads, T, head_dim)
-        else:
-            y = attend_cached(q, cached_k, cached_v, start_pos)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
-def attend_cached(
-    q: Tensor, k: Tensor, v: Tensor, start_pos: int, key_mask: Tensor | None = None
-) -> Tensor:
-    """Queries (B, n_heads, T, head_dim) at cache slots start_pos.. over cached keys and values
-    (B, n_kv_heads, start_pos + T, head_dim), softmax in float32. key_mask (B, start_pos + T),
-    bool, False at padding: those keys are hidden from every query but their own (a padding
-    query must see some key, or its softmax is NaN and the NaN reaches real rows through v).
+def attend(q: Tensor, k: Tensor, v: Tensor, visible: Tensor) -> Tensor:
+    """Queries (B, n_heads, T, head_dim) over keys and values (B, n_kv_heads, S, head_dim),
+    where visible (T, S) or (B, 1, T, S), bool, says which key each query may see; softmax in
+    float32.
 
-    A plain matmul-softmax: SDPA's CPU kernel is slow on the cache's strided slices. Each key/value
-    head serves n_heads / n_kv_heads consecutive query heads; grouping them as rows avoids copies.
+    A plain matmul-softmax: under torch.compile on CPU it fuses into the step and beats SDPA's
+    CPU kernel at decode. Each key/value head serves n_heads / n_kv_heads consecutive query
+    heads; grouping them as rows avoids copies.
     """
     B, n_heads, T, head_dim = q.shape
-    n_kv_heads, S = k.shape[1], k.shape[2]
+    n_kv_heads = k.shape[1]
     groups = n_heads // n_kv_heads
     q = q.reshape(B, n_kv_heads, groups * T, head_dim)  # rows: (group, query)
     scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(
         head_dim
     )  # (B, n_kv_heads, groups * T, S)
-    if T > 1 or key_mask is not None:
-        keys = torch.arange(S, device=q.device)
-        queries = torch.arange(start_pos, start_pos + T, device=q.device).repeat(groups)
-        hidden = keys[None, :] > queries[:, None]  # (groups * T, S): the future
-        if key_mask is not None:  # (B, 1, groups * T, S): and padding, except the query itself
-            padding = ~key_mask[:, None, None, :] & (keys[None, :] != queries[:, None])
-            hidden = hidden | padding
-        scores = scores.masked_fill(hidden, float("-inf"))
+    visible = visible.repeat(*[1] * (visible.dim() - 2), groups, 1)  # (..., groups * T, S)
+    scores = scores.masked_fill(~visible, float("-inf"))
     y = F.softmax(scores, dim=-1).type_as(v) @ v  # (B, n_kv_heads, groups * T, head_dim)
     return y.view(B, n_heads, T, head_dim)
+
+
+def visible_keys(slots: Tensor, S: int, key_mask: Tensor | None) -> Tensor:
+    """Which of S key slots each query at slots (T,) sees: (T, S), or (B, 1, T, S) with key_mask
+    (B, >= S), bool, False at padding. A query sees its own slot and earlier ones (later slots
+    hold the future, or stale values), never padding slots, except a padding query its own (a
+    query must see some key, or its softmax is NaN and the NaN reaches real rows through v)."""
+    keys = torch.arange(S, device=slots.device)
+    visible = keys[None, :] <= slots[:, None]  # (T, S)
+    if key_mask is not None:
+        itself = keys[None, :] == slots[:, None]
+        visible = visible & (key_mask[:, None, None, :S] | itself)
+    return visible
 
 
 class MLP(nn.Module):
@@ -197,9 +208,14 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps, args.dtype)
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, start_pos: int, key_mask: Tensor | None = None
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        slots: Tensor | None,
+        visible: Tensor | None = None,
     ) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, start_pos, key_mask=key_mask)
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, slots, visible=visible)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -229,33 +245,46 @@ class Model(nn.Module):
     def forward(
         self,
         input_ids: Tensor,
-        start_pos: int = 0,
+        start_pos: int | Tensor = 0,
         position_ids: Tensor | None = None,
         key_mask: Tensor | None = None,
+        logits_to_keep: int = 0,
     ) -> Tensor:
         """Logits (B, T, vocab) in float32 for input_ids (B, T) placed at cache slots start_pos..
+        (only the last logits_to_keep positions when > 0, as in transformers).
 
+        start_pos may be a 0-d long tensor: with a cache (setup_cache) every step then has the
+        same shapes, whatever its position, and compiles to one graph (one CUDA graph under
+        mode="reduce-overhead"); a tensor start_pos is not checked against the cache's length.
         For left-padded batches (what generate passes): position_ids (B, T), each row's RoPE
-        positions (default start_pos + 0..T-1 for every row), and key_mask (B, >= start_pos + T),
-        bool, False at padding slots, which no other query attends to.
+        positions (default start_pos + 0..T-1 for every row), and key_mask (B, >= the cache's
+        length, or >= T without a cache), bool, False at padding slots, which no other query
+        attends to.
         """
         T = input_ids.shape[1]
-        if start_pos + T > self.args.max_seq_len:
+        cache = self.model.layers[0].self_attn.kv_cache
+        if not isinstance(start_pos, Tensor) and start_pos + T > self.args.max_seq_len:
             raise ValueError(
                 f"positions up to {start_pos + T} exceed max_seq_len {self.args.max_seq_len}"
             )
-        if start_pos and self.model.layers[0].self_attn.kv_cache is None:
+        if cache is None and (isinstance(start_pos, Tensor) or start_pos):
             raise ValueError("start_pos > 0 needs a KV cache: call setup_cache() first")
+        slots = start_pos + torch.arange(T, device=input_ids.device)  # (T,)
         if position_ids is None:
-            cos = self.rope_cos[start_pos : start_pos + T]  # (T, head_dim // 2)
-            sin = self.rope_sin[start_pos : start_pos + T]
-        else:  # (B, 1, T, head_dim // 2): broadcast over heads
-            cos, sin = self.rope_cos[position_ids][:, None], self.rope_sin[position_ids][:, None]
-        if key_mask is not None:
-            key_mask = key_mask[:, : start_pos + T].bool()
+            position_ids = slots[None]  # (1, T): every row alike
+        cos, sin = (
+            self.rope_cos[position_ids][:, None],
+            self.rope_sin[position_ids][:, None],
+        )  # (B, 1, T, head_dim // 2)
+        visible = None  # a whole unpadded sequence without a cache: causal attention alone
+        if cache is not None or key_mask is not None:
+            S = cache.k.shape[2] if cache is not None else T
+            visible = visible_keys(slots, S, None if key_mask is None else key_mask.bool())
         x = self.model.embed_tokens(input_ids)  # (B, T, dim)
         for layer in self.model.layers:
-            x = layer(x, cos, sin, start_pos, key_mask=key_mask)
+            x = layer(x, cos, sin, slots, visible=visible)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
         return self.lm_head(self.model.norm(x)).float()
 
     def setup_cache(self, batch: int, max_len: int) -> None:
@@ -276,9 +305,12 @@ class Model(nn.Module):
 
     @functools.cached_property
     def compiled_forward(self) -> Callable[..., Tensor]:
-        """forward under torch.compile, compiled at its first call. dynamic=True makes start_pos
-        symbolic, so every decode position shares one graph."""
-        return torch.compile(self.forward, dynamic=True)
+        """forward under torch.compile(fullgraph=True), compiled at its first call. Given a
+        tensor start_pos and a cache, every decode position shares one graph; on CUDA it runs as
+        one CUDA graph (mode="reduce-overhead"), since a step's kernels are too short to hide
+        their launches. The mode is chosen for the device the model is on at the first access."""
+        cuda = self.rope_cos.device.type == "cuda"
+        return torch.compile(self.forward, fullgraph=True, mode="reduce-overhead" if cuda else None)
 
     @torch.inference_mode()
     def generate(
@@ -287,6 +319,7 @@ class Model(nn.Module):
         max_new_tokens: int,
         temperature: float = 0.0,
         top_k: int | None = None,
+        top_p: float | None = None,
         generator: torch.Generator | None = None,
         compile: bool = False,
         attention_mask: Tensor | None = None,
@@ -300,11 +333,38 @@ class Model(nn.Module):
         A row finishes at any eos_token_id (None: never) and then emits pad_token_id (None: the
         first eos id, as transformers does); generation ends when every row has finished, so
         `steps` <= max_new_tokens. temperature 0 is greedy; otherwise sample from
-        softmax(logits / temperature), restricted to the top_k most likely tokens when top_k is
-        given. compile=True runs the decode steps through torch.compile: the first call pays the
-        compilation, later steps and calls run several times faster on CPU.
+        softmax(logits / temperature), restricted to the top_k most likely tokens and then to the
+        smallest set whose probability reaches top_p (transformers' order and rules), drawing from
+        `generator` (a seeded torch.Generator repeats its tokens). compile=True runs the decode
+        steps through torch.compile: the first call pays the compilation, later steps and calls
+        run several times faster on CPU. `stream` yields the same tokens step by step.
 
-        Raises ValueError when T + max_new_tokens exceeds max_seq_len.
+        Raises ValueError when T + max_new_tokens exceeds max_seq_len, or for top_k < 1 or
+        top_p outside (0, 1].
+        """
+        steps = self.stream(
+            input_ids, max_new_tokens, temperature, top_k, top_p, generator, compile,
+            attention_mask, eos_token_id, pad_token_id,
+        )  # fmt: skip
+        return torch.cat([input_ids, *steps], dim=1)
+
+    def stream(
+        self,
+        input_ids: Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+        compile: bool = False,
+        attention_mask: Tensor | None = None,
+        eos_token_id: int | Sequence[int] | None = EOS_TOKEN_IDS,
+        pad_token_id: int | None = PAD_TOKEN_ID,
+    ) -> Iterator[Tensor]:
+        """generate, one step at a time: an iterator of each step's new tokens (B, 1), each
+        yielded as soon as it is chosen (finished rows yield pad_token_id). The arguments and
+        errors are generate's, raised here rather than at the first step; the KV cache lives
+        until the iterator ends or is closed.
         """
         B, T = input_ids.shape
         limit = self.args.max_seq_len
@@ -312,6 +372,29 @@ class Model(nn.Module):
             raise ValueError(
                 f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len {limit}"
             )
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        return self._steps(
+            input_ids, max_new_tokens, functools.partial(
+                sample, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
+            ), compile, attention_mask, eos_token_id, pad_token_id,
+        )  # fmt: skip
+
+    @torch.inference_mode()
+    def _steps(
+        self,
+        input_ids: Tensor,
+        max_new_tokens: int,
+        choose: Callable[[Tensor], Tensor],
+        compile: bool,
+        attention_mask: Tensor | None,
+        eos_token_id: int | Sequence[int] | None,
+        pad_token_id: int | None,
+    ) -> Iterator[Tensor]:
+        """stream's loop: `choose` maps last-position logits (B, vocab) to tokens (B, 1)."""
+        B, T = input_ids.shape
         eos = stop_tokens(eos_token_id, input_ids.device)
         pad = pad_token_id if pad_token_id is not None else int(eos[0]) if len(eos) else 0
         position_ids = key_mask = None
@@ -323,25 +406,28 @@ class Model(nn.Module):
         decode = self.compiled_forward if compile else self
         self.setup_cache(B, T + max_new_tokens)
         try:
-            tokens = [input_ids]
-            logits = self(input_ids, position_ids=position_ids, key_mask=key_mask)[
-                :, -1
-            ]  # (B, vocab)
+            logits = self(
+                input_ids, position_ids=position_ids, key_mask=key_mask, logits_to_keep=1
+            )[:, -1]  # (B, vocab)
             finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+            slot = torch.tensor(
+                T, device=input_ids.device
+            )  # the next token's; stepped on the device
             for i in range(max_new_tokens):
-                token = sample(logits, temperature, top_k, generator)  # (B, 1)
-                tokens.append(token.masked_fill(finished[:, None], pad))
-                finished |= torch.isin(tokens[-1][:, 0], eos)
-                if i + 1 == max_new_tokens or bool(finished.all()):
+                token = choose(logits).masked_fill(finished[:, None], pad)  # (B, 1)
+                finished |= torch.isin(token[:, 0], eos)
+                yield token
+                # Without eos ids no row finishes: skip the check, a device sync on GPU.
+                if i + 1 == max_new_tokens or (len(eos) and bool(finished.all())):
                     break
                 if position_ids is not None:
                     position_ids = position_ids[:, -1:] + 1  # (B, 1)
                 logits = decode(
-                    tokens[-1], start_pos=T + i, position_ids=position_ids, key_mask=key_mask
+                    token, start_pos=slot, position_ids=position_ids, key_mask=key_mask
                 )[:, -1]
+                slot = slot + 1
         finally:
             self.clear_cache()
-        return torch.cat(tokens, dim=1)
 
 
 def stop_tokens(eos_token_id: int | Sequence[int] | None, device: torch.device) -> Tensor:
@@ -353,13 +439,33 @@ def stop_tokens(eos_token_id: int | Sequence[int] | None, device: torch.device) 
 
 
 def sample(
-    logits: Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
+    logits: Tensor,
+    temperature: float,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Next token (B, 1) from last-position logits (B, vocab)."""
+    """Next token (B, 1) from last-position logits (B, vocab): the argmax for temperature 0,
+    else a draw from softmax(filter_logits(logits / temperature, top_k, top_p))."""
     if temperature == 0.0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
+    logits = filter_logits(logits / temperature, top_k, top_p)
+    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator)
+
+
+def filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Tensor:
+    """logits (B, vocab) with -inf outside the top_k largest, then outside the smallest set
+    whose softmax reaches top_p; at least one token always stays. The rules of transformers'
+    TopKLogitsWarper and TopPLogitsWarper, applied in their order (ties at the k-th value stay).
+    """
     if top_k is not None:
         kth_best = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
         logits = logits.masked_fill(logits < kth_best, float("-inf"))
-    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator)
+    if top_p is not None and top_p < 1.0:
+        ascending, order = torch.sort(logits, dim=-1)
+        # Drop the least likely tokens while their total stays within 1 - top_p: what is left is
+        # the smallest set holding top_p; the last (most likely) token always stays.
+        drop = F.softmax(ascending, dim=-1).cumsum(dim=-1) <= 1 - top_p
+        drop[:, -1] = False
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits

@@ -98,7 +98,7 @@ def apply_tensor_parallel(
             gather_x = PrepareModuleInput(
                 input_layouts=(Shard(1), None, None, None),
                 desired_input_layouts=(Replicate(), None, None, None),
-            )  # attention's (x, cos, sin, start_pos): gather x's sequence (key_mask: a keyword)
+            )  # attention's (x, cos, sin, slots): gather x's sequence (visible: a keyword)
             layer_plan |= {
                 "input_layernorm": SequenceParallel(),
                 "post_attention_layernorm": SequenceParallel(),
