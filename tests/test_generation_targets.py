@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import LlamaConfig
 
-from codegen.verifier.emitted import build_target, import_package
+from backends import BuildOptions
+from codegen.verifier.emitted import build_target, import_file, import_package
 from spec import to_hf_config
 from tests.test_generation import LENGTHS, NEW_TOKENS, SPEC, early_eos, padded_batch
 
@@ -183,3 +184,96 @@ def test_jax_samples_never_leave_the_top_k_top_p_set(
         jax.numpy.asarray(np.tile(row, (256, 1))), temperature, top_k, jax.random.key(seed), top_p
     )
     assert set(np.asarray(drawn).tolist()) <= allowed
+
+
+# --- ONNX --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def onnx_model(reference, tmp_path_factory):
+    """(the emitted run.py module, a model_with_past.onnx session bound to the reference's
+    folder by reference)."""
+    pytest.importorskip("onnxruntime")
+    out = tmp_path_factory.mktemp("onnx")
+    folder = build_target(SPEC, "onnx", out, BuildOptions(weights=reference[1]))
+    run = import_file(folder / "run.py")
+    return run, run.load_session("model_with_past.onnx", reference[1])
+
+
+def test_onnx_left_padded_greedy_batch_equals_transformers_row_by_row(reference, onnx_model):
+    """run.py's generate on the padded batch: transformers' tokens row by row, the row that
+    stops early at eos included, with pad given and pad None (the first eos id)."""
+    run, session = onnx_model
+    ids, mask = padded_batch()
+    eos = early_eos(reference[0], ids, mask)
+    for pad in (1, None):
+        ours = run.generate(
+            session, ids.numpy(), NEW_TOKENS, attention_mask=mask.numpy(), eos_token_id=[eos],
+            pad_token_id=pad,
+        )  # fmt: skip
+        assert_rows_equal(ours, theirs(reference[0], eos, pad))
+    stopped = ours[1, ids.shape[1] :].tolist()
+    assert stopped.index(eos) < len(stopped) - 1
+
+
+def test_onnx_generation_ends_when_every_row_has_finished(reference, onnx_model):
+    run, session = onnx_model
+    ids, mask = padded_batch()
+    first = run.generate(session, ids.numpy(), 1, attention_mask=mask.numpy(), eos_token_id=None)
+    first = first[:, -1].tolist()
+    expected = reference[0].generate(
+        ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False,
+        eos_token_id=first, pad_token_id=0,
+    ).numpy()  # fmt: skip
+    ours = run.generate(
+        session, ids.numpy(), NEW_TOKENS, attention_mask=mask.numpy(), eos_token_id=first,
+        pad_token_id=0,
+    )  # fmt: skip
+    assert expected.shape == (3, ids.shape[1] + 1)
+    np.testing.assert_array_equal(ours, expected)
+
+
+def test_onnx_chunk_on_a_non_empty_cache_equals_the_full_forward(reference, onnx_model):
+    """10 new tokens fed at once on top of 20 cached ones (past_key_values), with the graph's
+    attention_mask and position_ids: transformers' logits of the whole sequence there."""
+    import torch
+
+    run, session = onnx_model
+    ids = padded_batch()[0][2:].numpy()  # (1, 30), no padding
+    with torch.no_grad():
+        expected = reference[0](torch.from_numpy(ids)).logits[:, 20:].numpy()
+    names = [output.name for output in session.get_outputs()]
+    mask, positions = np.ones_like(ids), np.arange(30)[None]
+    _, *present = session.run(
+        names, run.feeds(ids[:, :20], mask[:, :20], positions[:, :20], run.empty_cache(1))
+    )
+    past = {n.replace("present", "past_key_values"): v for n, v in zip(names[1:], present)}
+    actual = session.run(["logits"], run.feeds(ids[:, 20:], mask, positions[:, 20:], past))[0]
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_onnxruntime_genai_loads_the_folder_and_generates_transformers_tokens(reference, tmp_path):
+    """onnxruntime-genai's own generation loop, on the folder and its genai_config.json (the
+    spec's eos and pad ids), gives transformers' greedy tokens for each prompt of the batch,
+    stopping the middle one at eos. (onnxruntime-genai 0.18 is fed each prompt alone: given the
+    left-padded batch, it ran the padding unmasked, so its padded rows are not compared.)"""
+    og = pytest.importorskip("onnxruntime_genai", reason="needs onnxruntime-genai installed")
+    ids, mask = padded_batch()
+    eos = early_eos(reference[0], ids, mask)
+    spec = SPEC.model_copy(update={"eos_token_id": (eos,), "pad_token_id": 1})
+    options = BuildOptions(weights=reference[1], embed_weights=True)  # self-contained folder
+    model = og.Model(str(build_target(spec, "onnx", tmp_path, options)))
+    expected = theirs(reference[0], eos, 1)
+    for row, length in enumerate(LENGTHS):
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=length + NEW_TOKENS)
+        generator = og.Generator(model, params)
+        generator.append_tokens(ids[row : row + 1, -length:].numpy().astype(np.int32))
+        while not generator.is_done():
+            generator.generate_next_token()
+        tokens = [int(t) for t in generator.get_sequence(0)]
+        wanted = expected[row, ids.shape[1] - length :].tolist()
+        if eos in wanted[length:]:  # transformers emits eos, then pads; genai's sequence stops
+            wanted = wanted[: wanted.index(eos, length)]  # before it (0.18 leaves eos out)
+        assert tokens == wanted, row
+    assert len(tokens) == LENGTHS[-1] + NEW_TOKENS  # the last row runs to the end
