@@ -57,6 +57,24 @@ def assert_rows_equal(ours: np.ndarray, expected: np.ndarray) -> None:
         assert ours[row].tolist() == expected[row].tolist(), row
 
 
+def padded_logits(reference) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, mask, positions, transformers' logits) of the padded batch, positions counted as
+    transformers' generate counts them (cumsum(mask) - 1)."""
+    import torch
+
+    ids, mask = padded_batch()
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = reference(ids, attention_mask=mask, position_ids=positions).logits
+    return ids.numpy(), mask.numpy(), positions.numpy(), logits.numpy()
+
+
+def assert_close_where_real(actual: np.ndarray, expected: np.ndarray, mask: np.ndarray) -> None:
+    """Logits (B, T, vocab) equal at every real (unpadded) position."""
+    real = mask.astype(bool)
+    np.testing.assert_allclose(actual[real], expected[real], rtol=1e-5, atol=1e-5)
+
+
 # --- JAX ---------------------------------------------------------------------------------------
 
 
@@ -107,6 +125,26 @@ def test_jax_chunk_on_a_non_empty_cache_equals_the_full_forward(reference, jax_m
     _, cache = package.forward_cached(params, ids[:, :20].numpy(), cache, 0)
     actual, _ = package.forward_cached(params, ids[:, 20:].numpy(), cache, 20)
     np.testing.assert_allclose(np.asarray(actual), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_jax_decode_equals_prefill_at_every_position_with_padding(reference, jax_model):
+    """The padded batch prefilled whole, and decoded one token at a time after a 10-token
+    prefill, give transformers' logits at every real position."""
+    package, params = jax_model
+    ids, mask, positions, expected = padded_logits(reference[0])
+    full, _ = package.forward_cached(
+        params, ids, package.init_cache(3, 30), 0, position_ids=positions, key_mask=mask
+    )
+    assert_close_where_real(np.asarray(full), expected, mask)
+    steps, cache = [], package.init_cache(3, 30)
+    forward_cached = jax.jit(package.forward_cached)  # compiled once for (3, 10), once for (3, 1)
+    for start, end in [(0, 10), *((t, t + 1) for t in range(10, 30))]:
+        window = slice(start, end)
+        logits, cache = forward_cached(
+            params, ids[:, window], cache, start, position_ids=positions[:, window], key_mask=mask
+        )
+        steps.append(np.asarray(logits))
+    assert_close_where_real(np.concatenate(steps, axis=1), expected, mask)
 
 
 def test_jax_top_k_1_sampling_equals_greedy(jax_model):
@@ -250,6 +288,23 @@ def test_onnx_chunk_on_a_non_empty_cache_equals_the_full_forward(reference, onnx
     past = {n.replace("present", "past_key_values"): v for n, v in zip(names[1:], present)}
     actual = session.run(["logits"], run.feeds(ids[:, 20:], mask, positions[:, 20:], past))[0]
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_onnx_decode_equals_prefill_at_every_position_with_padding(reference, onnx_model):
+    """model_with_past.onnx on the padded batch, whole and one token at a time after a 10-token
+    prefill: transformers' logits at every real position."""
+    run, session = onnx_model
+    ids, mask, positions, expected = padded_logits(reference[0])
+    names = [output.name for output in session.get_outputs()]
+    full = session.run(["logits"], run.feeds(ids, mask, positions, run.empty_cache(3)))[0]
+    assert_close_where_real(full, expected, mask)
+    steps, past = [], run.empty_cache(3)
+    for start, end in [(0, 10), *((t, t + 1) for t in range(10, 30))]:
+        feeds = run.feeds(ids[:, start:end], mask[:, :end], positions[:, start:end], past)
+        logits, *present = session.run(names, feeds)
+        past = {n.replace("present", "past_key_values"): v for n, v in zip(names[1:], present)}
+        steps.append(logits)
+    assert_close_where_real(np.concatenate(steps, axis=1), expected, mask)
 
 
 def test_onnxruntime_genai_loads_the_folder_and_generates_transformers_tokens(reference, tmp_path):
