@@ -12,7 +12,7 @@ tables, so Hugging Face checkpoints need only a transpose (see weights.py).
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,7 +183,8 @@ def mlp(x: jax.Array, p: Params) -> jax.Array:
     return (jax.nn.silu(x @ p["w_gate"]) * (x @ p["w_up"])) @ p["w_down"]
 
 
-Attend = Any  # (q, k, v) -> (attention output (B, T, n_heads * head_dim), extra scan output)
+# (q, k, v) -> (attention output (B, T, n_heads * head_dim), extra scan output)
+Attend = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, Any]]
 
 
 def decoder_layer(
