@@ -61,7 +61,7 @@ def rows(repeat: int = 5, new: int = 32) -> list[Row]:
     assert error < 1e-5, f"JAX and torch disagree: relative error {error:.2e}"
 
     prompt = ids[:, : SEQ // 4]
-    jax_tokens = np.asarray(jax_pkg.generate(params, prompt, new))
+    jax_tokens = np.asarray(jax_pkg.generate(params, prompt, new, eos_token_id=None))
     torch_tokens = model.generate(
         torch.from_numpy(prompt), max_new_tokens=new, eos_token_id=None
     ).numpy()
@@ -72,7 +72,7 @@ def rows(repeat: int = 5, new: int = 32) -> list[Row]:
         "torch": timed(torch.inference_mode()(lambda: model(torch_ids))),
     }, repeat)  # fmt: skip
     generate_s = in_turns({
-        "jax": timed(lambda: jax_pkg.generate(params, prompt, new).block_until_ready()),
+        "jax": timed(lambda: jax_pkg.generate(params, prompt, new, eos_token_id=None).block_until_ready()),
         "torch": timed(lambda: model.generate(torch.from_numpy(prompt), max_new_tokens=new, eos_token_id=None)),
     }, repeat)  # fmt: skip
 

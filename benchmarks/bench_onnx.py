@@ -49,13 +49,16 @@ from codegen.verifier.emitted import build_target, import_file, import_package
 from spec import ModelSpec
 
 
-def cache_feeds(names: list[str], outputs: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """The next step's inputs from a model_with_past.onnx run: greedy token and the cache."""
+def cache_feeds(run, names: list[str], outputs: list[np.ndarray], cached: int) -> dict:
+    """The next step's inputs from a model_with_past.onnx run that left `cached` tokens in the
+    cache: the greedy token at position `cached`, the mask over every token, and the cache."""
     logits, *present = outputs
     past = {
         n.replace("present", "past_key_values"): v for n, v in zip(names[1:], present, strict=True)
     }
-    return {"input_ids": logits[:, -1:].argmax(-1), **past}
+    batch = logits.shape[0]
+    mask, position = np.ones((batch, cached + 1), np.int64), np.full((batch, 1), cached)
+    return run.feeds(logits[:, -1:].argmax(-1), mask, position, past)
 
 
 def rows(steps: int = 32, repeat: int = 5) -> list[Row]:
@@ -80,8 +83,12 @@ def rows(steps: int = 32, repeat: int = 5) -> list[Row]:
 
     with torch.inference_mode():
         reference = model(torch_ids).numpy()
-    for name, session in (("ours", prefill), ("torch.onnx.export", export)):
-        error = oracle.relative_error(session.run(["logits"], {"input_ids": ids})[0], reference)
+    ones = np.ones_like(ids)
+    prefill_feeds = run.feeds(ids, ones, run.positions_of(ones), {})
+    for name, session, feeds in (
+        ("ours", prefill, prefill_feeds), ("torch.onnx.export", export, {"input_ids": ids}),
+    ):  # fmt: skip
+        error = oracle.relative_error(session.run(["logits"], feeds)[0], reference)
         assert error < 1e-4, f"{name} disagrees with the torch model: {error:.2e}"
 
     @torch.inference_mode()
@@ -99,15 +106,15 @@ def rows(steps: int = 32, repeat: int = 5) -> list[Row]:
     names = [output.name for output in with_past.get_outputs()]
 
     def ort_steps() -> float:
-        feeds = {"input_ids": ids, **run.empty_cache(BATCH)}
-        feeds = cache_feeds(names, with_past.run(names, feeds))
+        feeds = prefill_feeds | run.empty_cache(BATCH)
+        feeds = cache_feeds(run, names, with_past.run(names, feeds), SEQ)
         started = time.perf_counter()
-        for _ in range(steps):
-            feeds = cache_feeds(names, with_past.run(names, feeds))
+        for t in range(steps):
+            feeds = cache_feeds(run, names, with_past.run(names, feeds), SEQ + t + 1)
         return time.perf_counter() - started
 
     prefill_s = in_turns({
-        "ours": timed(lambda: prefill.run(["logits"], {"input_ids": ids})),
+        "ours": timed(lambda: prefill.run(["logits"], prefill_feeds)),
         "torch": timed(torch.inference_mode()(lambda: model(torch_ids))),
         "export": timed(lambda: export.run(["logits"], {"input_ids": ids})),
     }, repeat)  # fmt: skip

@@ -181,7 +181,7 @@ def test_build_names_the_folder_its_files_and_the_readme_to_read(tmp_path):
     out = tmp_path / "out"
     result = run_cli("build", "--size", "tiny", "--target", "onnx", "--out", str(out))
     lines = result.output.splitlines()
-    assert lines[0].startswith(f"wrote {out / 'onnx'} (5 files, ")
+    assert lines[0].startswith(f"wrote {out / 'onnx'} (6 files, ")
     made = sorted(p.name for p in (out / "onnx").iterdir())
     assert lines[1].split() == made
     assert lines[2] == f"next: read {out / 'onnx' / 'README.md'}" and len(lines) == 3

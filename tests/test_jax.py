@@ -224,7 +224,9 @@ def test_generate_sampling_and_limits(packages, tmp_path):
     np.testing.assert_array_equal(np.asarray(package.generate(params, prompt, 0)), prompt)
     with pytest.raises(ValueError, match="needs a key"):
         package.generate(params, prompt, 2, temperature=1.0)
-    with pytest.raises(ValueError, match="exceed max_seq_len"):
+    with pytest.raises(
+        ValueError, match=r"^prompt \(3\) \+ max_new_tokens \(128\) exceeds max_seq_len 128$"
+    ):
         package.generate(params, prompt, spec.max_seq_len)
     with pytest.raises(ValueError, match="exceeds max_seq_len"):
         package.forward(params, np.zeros((1, spec.max_seq_len + 1), np.int32))

@@ -211,6 +211,34 @@ def test_run_script_generates_greedily(checkpoint, tmp_path):
     np.testing.assert_array_equal(tokens, greedy_by_oracle(GQA_TIED, weights, prompt, 6))
 
 
+def test_run_script_stops_at_eos_and_refuses_past_the_context(checkpoint, tmp_path):
+    """--eos-token-id stops after the first such token; --no-eos runs the full length; a prompt
+    and --max-new-tokens past max_seq_len exit with code 2 and one line."""
+    folder, weights = checkpoint
+    built = build_target(GQA_TIED, "onnx", tmp_path, BuildOptions(weights=folder))
+    prompt = TOKENS[:1, :9]
+    greedy = greedy_by_oracle(GQA_TIED, weights, prompt, 8)[0].tolist()
+    stop = greedy[11]
+    expected = greedy[: greedy.index(stop, 9) + 1]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(built / "run.py"), "--weights", str(folder), "--ids",
+             *map(str, prompt[0]), *args],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+
+    stopped = run("--max-new-tokens", "8", "--eos-token-id", str(stop))
+    assert [int(t) for t in stopped.stdout.split()] == expected
+    full = run("--max-new-tokens", "8", "--no-eos")
+    assert [int(t) for t in full.stdout.split()] == greedy
+    refused = run("--max-new-tokens", str(GQA_TIED.max_seq_len))
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr == (
+        "run.py: error: 9 prompt ids + --max-new-tokens 128 exceed max_seq_len 128\n"
+    )
+
+
 def write_declared_data(folder: Path, weights: dict[str, np.ndarray], dtype: str) -> None:
     """Bind an unbound build the plain ONNX way: write model.onnx.data in the layout its graph
     declares (each initializer's offset and length)."""
@@ -234,7 +262,8 @@ def test_unbound_graphs_declare_their_data_file(dtype, tmp_path):
     assert render_target(spec, "onnx", options) == render_target(spec, "onnx", options)
     folder = build_target(spec, "onnx", tmp_path, options)
     assert sorted(p.name for p in folder.iterdir()) == [
-        "README.md", "manifest.json", "model.onnx", "model_with_past.onnx", "run.py",
+        "README.md", "genai_config.json", "manifest.json", "model.onnx", "model_with_past.onnx",
+        "run.py",
     ]  # fmt: skip
     weights = random_weights(spec, seed=9, std=0.1)
     write_declared_data(folder, weights, dtype)
@@ -347,7 +376,33 @@ def test_graph_uses_the_opset_23_operators_and_genai_names():
     }
     assert [(o.domain, o.version) for o in graph.opset_import] == [("", 23)]
     cache = [f"{i}.{kind}" for i in range(GQA_TIED.n_layers) for kind in ("key", "value")]
-    assert [i.name for i in graph.graph.input] == ["input_ids"] + [
-        f"past_key_values.{c}" for c in cache
-    ]
+    inputs = ["input_ids", "attention_mask", "position_ids"]
+    assert [i.name for i in graph.graph.input] == inputs + [f"past_key_values.{c}" for c in cache]
     assert [o.name for o in graph.graph.output] == ["logits"] + [f"present.{c}" for c in cache]
+    prefill = onnx.load_model_from_string(files["model.onnx"])
+    assert [i.name for i in prefill.graph.input] == inputs
+
+
+def test_genai_config_names_the_graph_and_its_inputs():
+    """genai_config.json points onnxruntime-genai at model_with_past.onnx with the names its
+    inputs and outputs really have, the spec's sizes and token ids (pad None: the first eos)."""
+    spec = GQA_TIED.model_copy(update={"bos_token_id": 5, "eos_token_id": (6, 7)})
+    files = render_target(spec, "onnx", BuildOptions())
+    config = json.loads(files["genai_config.json"])
+    decoder = config["model"]["decoder"]
+    graph = onnx.load_model_from_string(files[decoder["filename"]]).graph
+    layers = range(decoder["num_hidden_layers"])
+    names = decoder["inputs"] | decoder["outputs"]
+    listed = [names["input_ids"], names["attention_mask"], names["position_ids"]]
+    listed += [names[f"past_{k}_names"] % i for i in layers for k in ("key", "value")]
+    assert listed == [i.name for i in graph.input]
+    listed = [names["logits"]]
+    listed += [names[f"present_{k}_names"] % i for i in layers for k in ("key", "value")]
+    assert listed == [o.name for o in graph.output]
+    assert (decoder["num_attention_heads"], decoder["num_key_value_heads"]) == (
+        spec.n_heads, spec.n_kv_heads,
+    )  # fmt: skip
+    assert (decoder["head_size"], decoder["hidden_size"]) == (spec.head_dim, spec.dim)
+    model = config["model"]
+    assert (model["bos_token_id"], model["eos_token_id"], model["pad_token_id"]) == (5, [6, 7], 6)
+    assert (model["type"], model["vocab_size"]) == ("llama", spec.vocab_size)

@@ -9,6 +9,7 @@ copies the checkpoint's bytes into the graphs instead (into `model.onnx.data` pa
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from .checkpoint import (
 from .graph import Weight, decoder
 
 GRAPHS = {"model.onnx": False, "model_with_past.onnx": True}  # file -> with KV cache
+GENAI_CONFIG = "genai_config.json"
 DATA_FILE = "model.onnx.data"
 ALIGNMENT = 4096  # external data offsets in DATA_FILE are page-aligned
 # A protobuf message is at most 2 GiB; leave room for the graph next to the weights.
@@ -156,6 +158,55 @@ def readme_context(
     )
 
 
+def genai_config(spec: ModelSpec) -> dict[str, Any]:
+    """onnxruntime-genai's genai_config.json for model_with_past.onnx (its own decoder loop
+    feeds an empty cache for the prompt): the names and sizes of its model builder's llama
+    configs (onnxruntime docs, "Config reference"), the spec's token ids, greedy search."""
+    eos = list(spec.eos_token_id or ())
+    pad = spec.pad_token_id if spec.pad_token_id is not None else eos[0] if eos else None
+    tokens = {"bos_token_id": spec.bos_token_id, "eos_token_id": eos or None, "pad_token_id": pad}
+    decoder = {
+        "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+        "filename": "model_with_past.onnx",
+        "head_size": spec.head_dim,
+        "hidden_size": spec.dim,
+        "inputs": {
+            "input_ids": "input_ids",
+            "attention_mask": "attention_mask",
+            "position_ids": "position_ids",
+            "past_key_names": "past_key_values.%d.key",
+            "past_value_names": "past_key_values.%d.value",
+        },
+        "outputs": {
+            "logits": "logits",
+            "present_key_names": "present.%d.key",
+            "present_value_names": "present.%d.value",
+        },
+        "num_attention_heads": spec.n_heads,
+        "num_hidden_layers": spec.n_layers,
+        "num_key_value_heads": spec.n_kv_heads,
+    }
+    model = {
+        "context_length": spec.max_seq_len,
+        "decoder": decoder,
+        "type": "llama",
+        "vocab_size": spec.vocab_size,
+    } | {key: value for key, value in tokens.items() if value is not None}
+    search = {
+        "do_sample": False,
+        "max_length": spec.max_seq_len,
+        "min_length": 0,
+        "num_beams": 1,
+        "num_return_sequences": 1,
+        "past_present_share_buffer": False,  # the graphs return past + new, not a fixed buffer
+        "repetition_penalty": 1.0,
+        "temperature": 1.0,
+        "top_k": 1,
+        "top_p": 1.0,
+    }
+    return {"model": dict(sorted(model.items())), "search": search}
+
+
 class OnnxBackend:
     name = "onnx"
     description = "ONNX opset 23 prefill + KV-cache graphs, weights by reference (onnxruntime)"
@@ -183,6 +234,8 @@ class OnnxBackend:
         ]
         if data is not None:
             artifacts.append(Raw(DATA_FILE, data))
+        config = json.dumps(genai_config(spec), indent=4) + "\n"
+        artifacts.append(Raw(GENAI_CONFIG, config.encode()))
         context = readme_context(spec, options, weights, mode)
         artifacts += [Rendered(path, path + ".jinja", context) for path in ("README.md", "run.py")]
         if mode == "reference":  # run.py checks the weights folder with it

@@ -1,7 +1,7 @@
 """The LLaMA decoder as ONNX graphs, built node by node from the spec (not traced).
 
 Standard-domain opset 23: RMSNormalization, RotaryEmbedding (half layout, `interleaved=0`) and
-Attention (`q_num_heads`, `kv_num_heads`, `is_causal`, past/present key and value), all of which
+Attention (`q_num_heads`, `kv_num_heads`, a boolean mask, past/present key and value), all of which
 onnxruntime runs on CPU. Activations are float32; weights stored in another floating dtype are
 cast to float32 in the graph. Weights keep Hugging Face's names and [out, in] layout; the graph
 transposes them. RoPE angles are computed in float64 inside the graph, so no table of
@@ -106,35 +106,18 @@ def inv_frequencies(spec: ModelSpec) -> np.ndarray:
     return np.array(spec.rope_inv_freq(), dtype=np.float64)
 
 
-def rope_tables(g: GraphBuilder, spec: ModelSpec, with_past: bool) -> tuple[str, str]:
-    """cos and sin (batch, seq, head_dim / 2) at the new tokens' positions, past_len onwards."""
-    one = g.constant("one", np.array(1, dtype=np.int64))
-    seq_len = g.op("Shape", ["input_ids"], "seq_len", start=1, end=2)  # [seq]
-    if with_past:
-        start = g.op("Shape", ["past_key_values.0.key"], "past_len", start=2, end=3)  # [past]
-        end = g.op("Add", [start, seq_len], "total_len")
-        first = g.op("Squeeze", [start], "first_position")
-    else:
-        end = seq_len
-        first = g.constant("zero", np.array(0, dtype=np.int64))
-    last = g.op("Squeeze", [end], "end_position")
-    positions = g.op("Range", [first, last, one], "positions")  # (seq,)
-    positions = g.op("Cast", [positions], "positions.float64", to=TensorProto.DOUBLE)
-    axis_1 = g.constant("axis_1", np.array([1], dtype=np.int64))
-    positions = g.op("Unsqueeze", [positions, axis_1], "positions.column")  # (seq, 1)
+def rope_tables(g: GraphBuilder, spec: ModelSpec) -> tuple[str, str]:
+    """cos and sin (batch, seq, head_dim / 2) at each row's positions (input position_ids)."""
+    positions = g.op("Cast", ["position_ids"], "positions.float64", to=TensorProto.DOUBLE)
+    axis_last = g.constant("axis_last", np.array([-1], dtype=np.int64))
+    positions = g.op("Unsqueeze", [positions, axis_last], "positions.column")  # (B, T, 1)
     inv_freq = g.constant("rope.inv_freq", inv_frequencies(spec))  # (head_dim / 2,), float64
-    angles = g.op("Mul", [positions, inv_freq], "rope.angles")  # (seq, head_dim / 2), float64
-    input_shape = g.op("Shape", ["input_ids"], "input_shape")  # [batch, seq]
-    half = g.constant("rope.half", np.array([spec.head_dim // 2], dtype=np.int64))
-    table_shape = g.op("Concat", [input_shape, half], "rope.shape", axis=0)
-    axis_0 = g.constant("axis_0", np.array([0], dtype=np.int64))
+    angles = g.op("Mul", [positions, inv_freq], "rope.angles")  # (B, T, head_dim / 2), float64
     tables = []
     for fn in ("Cos", "Sin"):
         name = "rope." + fn.lower()
         table = g.op(fn, [angles], name + ".float64")
-        table = g.op("Cast", [table], name + ".float32", to=TensorProto.FLOAT)
-        table = g.op("Unsqueeze", [table, axis_0], name + ".row")  # (1, seq, head_dim / 2)
-        tables.append(g.op("Expand", [table, table_shape], name))  # (batch, seq, head_dim / 2)
+        tables.append(g.op("Cast", [table], name, to=TensorProto.FLOAT))
     return tables[0], tables[1]
 
 
@@ -146,6 +129,36 @@ def projection(
     return g.linear(x, w[hf_name(key, i)], out, w.get(hf_name(bias, i)))
 
 
+def visible_keys(g: GraphBuilder, with_past: bool) -> str:
+    """Which keys each new token sees, bool (batch, 1, seq, total): the causal rule on cache
+    slots (new token t sits at slot past_len + t) and no key where attention_mask is 0 (left
+    padding), except a padding token's own slot, so that its softmax has a key (as the emitted
+    torch and JAX models do; no real token ever attends to it)."""
+    one = g.constant("one", np.array(1, dtype=np.int64))
+    zero = g.constant("zero", np.array(0, dtype=np.int64))
+    seq_len = g.op("Shape", ["input_ids"], "seq_len", start=1, end=2)  # [seq]
+    if with_past:
+        past = g.op("Shape", ["past_key_values.0.key"], "past_len", start=2, end=3)  # [past]
+        total = g.op("Add", [past, seq_len], "total_len")
+        first = g.op("Squeeze", [past], "first_slot")
+    else:
+        total, first = seq_len, zero
+    last = g.op("Squeeze", [total], "end_slot")
+    axis_0 = g.constant("axis_0", np.array([0], dtype=np.int64))
+    axis_1 = g.constant("axis_1", np.array([1], dtype=np.int64))
+    queries = g.op("Range", [first, last, one], "query_slots")  # (seq,)
+    queries = g.op("Unsqueeze", [queries, axis_1], "query_slots.column")  # (seq, 1)
+    keys = g.op("Range", [zero, last, one], "key_slots")  # (total,)
+    keys = g.op("Unsqueeze", [keys, axis_0], "key_slots.row")  # (1, total)
+    causal = g.op("LessOrEqual", [keys, queries], "mask.causal")  # (seq, total)
+    itself = g.op("Equal", [keys, queries], "mask.itself")
+    kept = g.op("Cast", ["attention_mask"], "mask.kept", to=TensorProto.BOOL)  # (batch, total)
+    axes_12 = g.constant("axes_1_2", np.array([1, 2], dtype=np.int64))
+    kept = g.op("Unsqueeze", [kept, axes_12], "mask.kept.4d")  # (batch, 1, 1, total)
+    kept = g.op("Or", [kept, itself], "mask.kept_or_itself")  # (batch, 1, seq, total)
+    return g.op("And", [kept, causal], "mask.visible")
+
+
 def attention(
     g: GraphBuilder,
     spec: ModelSpec,
@@ -153,6 +166,7 @@ def attention(
     w: dict[str, str],
     x: str,
     rope: tuple[str, str],
+    visible: str,
     with_past: bool,
 ) -> str:
     """x + o_proj(attention(rope(q), rope(k), v)) for layer i; with_past reads and extends the
@@ -164,13 +178,13 @@ def attention(
     v = projection(g, w, h, "wv", "bv", i, out + "v")
     q = g.rope(q, rope, spec.n_heads, out + "q_rope")
     k = g.rope(k, rope, spec.n_kv_heads, out + "k_rope")
-    cache_in = ["", f"past_key_values.{i}.key", f"past_key_values.{i}.value"] if with_past else []
+    cache_in = [f"past_key_values.{i}.key", f"past_key_values.{i}.value"] if with_past else []
     cache_out = [f"present.{i}.key", f"present.{i}.value"] if with_past else []
     y = g.ops(
         "Attention",
-        [q, k, v, *cache_in],
+        [q, k, v, visible, *cache_in],
         [out + "attn", *cache_out],
-        is_causal=1,  # aligned to the end: new token t sees the past and new tokens up to t
+        is_causal=0,  # the mask holds the causal rule with the padding
         q_num_heads=spec.n_heads,
         kv_num_heads=spec.n_kv_heads,
         scale=float(1 / np.sqrt(spec.head_dim)),
@@ -193,21 +207,28 @@ def mlp(g: GraphBuilder, spec: ModelSpec, i: int, w: dict[str, str], x: str) -> 
 
 
 def decoder(spec: ModelSpec, weights: dict[str, Weight], with_past: bool) -> ModelProto:
-    """input_ids (batch, seq) -> logits (batch, seq, vocab); with_past also takes and returns the
-    KV cache, past_key_values.{i}.key/value -> present.{i}.key/value, each of shape
+    """input_ids (batch, seq), attention_mask (batch, total: past and new tokens; 0 at left
+    padding) and position_ids (batch, seq: each row's RoPE positions) -> logits (batch, seq,
+    vocab), the inputs onnxruntime-genai feeds; with_past also takes and returns the KV cache,
+    past_key_values.{i}.key/value -> present.{i}.key/value, each of shape
     (batch, kv_heads, length, head_dim)."""
     g = GraphBuilder()
     w = {name: g.weight(weight) for name, weight in weights.items()}
-    rope = rope_tables(g, spec, with_past)
+    rope = rope_tables(g, spec)
+    visible = visible_keys(g, with_past)
     x = g.op("Gather", [w[hf_name("embed")], "input_ids"], "embeddings", axis=0)
     for i in range(spec.n_layers):
-        x = mlp(g, spec, i, w, attention(g, spec, i, w, x, rope, with_past))
+        x = mlp(g, spec, i, w, attention(g, spec, i, w, x, rope, visible, with_past))
     x = g.rms_norm(x, w[hf_name("norm")], spec.norm_eps, "final_norm")
     head = hf_name("embed" if spec.tie_embeddings else "lm_head")
     g.linear(x, w[head], "logits")  # (B, T, vocab)
 
     kv, hd = spec.n_kv_heads, spec.head_dim
-    inputs = [tensor_info("input_ids", TensorProto.INT64, [BATCH, SEQ])]
+    inputs = [
+        tensor_info("input_ids", TensorProto.INT64, [BATCH, SEQ]),
+        tensor_info("attention_mask", TensorProto.INT64, [BATCH, TOTAL]),
+        tensor_info("position_ids", TensorProto.INT64, [BATCH, SEQ]),
+    ]
     outputs = [tensor_info("logits", TensorProto.FLOAT, [BATCH, SEQ, spec.vocab_size])]
     for i in range(spec.n_layers if with_past else 0):
         for kind in ("key", "value"):

@@ -33,7 +33,10 @@ class JaxRunner:
         return np.concatenate([np.asarray(step) for step in steps], axis=1)
 
     def generate(self, tokens: np.ndarray, max_new_tokens: int) -> np.ndarray:
-        return np.asarray(self.package.generate(self.params, tokens, max_new_tokens))
+        # No EOS stop: every target's runner returns exactly max_new_tokens (Runner.generate).
+        return np.asarray(
+            self.package.generate(self.params, tokens, max_new_tokens, eos_token_id=None)
+        )
 
 
 class JaxAdapter:

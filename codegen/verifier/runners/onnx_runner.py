@@ -23,12 +23,19 @@ class OnnxRunner:
         self.with_past = self.run.load_session("model_with_past.onnx", weights)
 
     def forward(self, tokens: np.ndarray) -> np.ndarray:
-        return self.prefill.run(["logits"], {"input_ids": tokens.astype(np.int64)})[0]
+        mask = np.ones_like(tokens)
+        feeds = self.run.feeds(tokens, mask, self.run.positions_of(mask), {})
+        return self.prefill.run(["logits"], feeds)[0]
 
     def decode(self, tokens: np.ndarray, prefill: int) -> np.ndarray:
         tokens = tokens.astype(np.int64)
         names = [output.name for output in self.with_past.get_outputs()]
-        feeds = {"input_ids": tokens[:, :prefill], **self.run.empty_cache(tokens.shape[0])}
+        mask = np.ones_like(tokens)
+        positions = self.run.positions_of(mask)
+        empty = self.run.empty_cache(tokens.shape[0])
+        feeds = self.run.feeds(
+            tokens[:, :prefill], mask[:, :prefill], positions[:, :prefill], empty
+        )
         steps = []
         for t in range(prefill, tokens.shape[1] + 1):
             logits, *present = self.with_past.run(names, feeds)
@@ -37,11 +44,13 @@ class OnnxRunner:
                 n.replace("present", "past_key_values"): v
                 for n, v in zip(names[1:], present, strict=True)
             }
-            feeds = {"input_ids": tokens[:, t : t + 1], **past}
+            window = slice(t, t + 1)
+            feeds = self.run.feeds(tokens[:, window], mask[:, : t + 1], positions[:, window], past)
         return np.concatenate(steps, axis=1)
 
     def generate(self, tokens: np.ndarray, max_new_tokens: int) -> np.ndarray:
-        return self.run.generate(self.with_past, tokens, max_new_tokens)
+        # No EOS stop: every target's runner returns exactly max_new_tokens (Runner.generate).
+        return self.run.generate(self.with_past, tokens, max_new_tokens, eos_token_id=None)
 
 
 class OnnxAdapter:

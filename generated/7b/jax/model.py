@@ -12,6 +12,7 @@ tables, so Hugging Face checkpoints need only a transpose (see weights.py).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,11 @@ class Config:
 
 
 CONFIG = Config()
+
+# The tokenizer's ids (config.json, generation_config.json): generate's defaults.
+BOS_TOKEN_ID: int | None = 1
+EOS_TOKEN_IDS: tuple[int, ...] | None = (2,)
+PAD_TOKEN_ID: int | None = None  # None: finished rows emit EOS_TOKEN_IDS[0]
 
 
 def param_shapes(config: Config = CONFIG) -> Params:
@@ -104,10 +110,10 @@ def rope_tables(config: Config) -> tuple[np.ndarray, np.ndarray]:
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     """Rotate pairs (i, i + head_dim/2) of x (B, T, heads, head_dim) in float32.
 
-    cos, sin: (T, head_dim // 2).
+    cos, sin: (B or 1, T, head_dim // 2), each row's positions.
     """
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-    cos, sin = cos[:, None, :], sin[:, None, :]
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
     rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return rotated.astype(x.dtype)
 
@@ -118,19 +124,18 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     return weight * normed.astype(x.dtype)
 
 
-def attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, q_pos: jax.Array, k_pos: jax.Array
-) -> jax.Array:
-    """Causal attention with the softmax in float32: query t sees key s when k_pos[s] <= q_pos[t].
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array) -> jax.Array:
+    """Attention with the softmax in float32: query t sees key s where visible[b, t, s].
 
-    q (B, T, n_heads, head_dim); k, v (B, S, n_kv_heads, head_dim). Each key/value head serves
-    n_heads // n_kv_heads consecutive query heads. Returns (B, T, n_heads * head_dim).
+    q (B, T, n_heads, head_dim); k, v (B, S, n_kv_heads, head_dim); visible (B or 1, T, S),
+    bool, with at least one key per query. Each key/value head serves n_heads // n_kv_heads
+    consecutive query heads. Returns (B, T, n_heads * head_dim).
     """
     B, T, n_heads, head_dim = q.shape
     n_kv_heads = k.shape[2]
     q = q.reshape(B, T, n_kv_heads, n_heads // n_kv_heads, head_dim)
     scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-    scores = jnp.where(k_pos[None, :] <= q_pos[:, None], scores * head_dim**-0.5, -jnp.inf)
+    scores = jnp.where(visible[:, None, None], scores * head_dim**-0.5, -jnp.inf)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)  # (B, n_kv_heads, groups, T, S)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
     return out.reshape(B, T, n_heads * head_dim)
@@ -148,7 +153,18 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
         out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
         return out.reshape(B, T, n_heads * head_dim)
     positions = jnp.arange(T)
-    return attention(q, k, v, positions, positions)
+    return attention(q, k, v, visible_keys(positions, positions, None))
+
+
+def visible_keys(q_slots: jax.Array, k_slots: jax.Array, key_mask: jax.Array | None) -> jax.Array:
+    """Which keys each query sees, (B or 1, T, S): the causal rule on cache slots (q_slots (T,),
+    k_slots (S,)) and, with key_mask (B, S) False at padding, no padding key, except a padding
+    query's own slot (so that its softmax has a key; nothing real ever attends to it)."""
+    causal = k_slots[None, :] <= q_slots[:, None]  # (T, S)
+    if key_mask is None:
+        return causal[None]
+    itself = k_slots[None, :] == q_slots[:, None]
+    return causal[None] & (key_mask[:, None, :] | itself[None])
 
 
 def project_qkv(
@@ -167,6 +183,22 @@ def mlp(x: jax.Array, p: Params) -> jax.Array:
     return (jax.nn.silu(x @ p["w_gate"]) * (x @ p["w_up"])) @ p["w_down"]
 
 
+# (q, k, v) -> (attention output (B, T, n_heads * head_dim), extra scan output)
+Attend = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, Any]]
+
+
+def decoder_layer(
+    x: jax.Array, p: Params, cos: jax.Array, sin: jax.Array, attend: Attend, config: Config
+) -> tuple[jax.Array, Any]:
+    """One decoder layer on x (B, T, dim), for the full forward, prefill and decode alike:
+    `attend` alone differs (causal over the sequence, or through a KV cache, whose updated
+    buffers it returns as the second result)."""
+    q, k, v = project_qkv(rms_norm(x, p["attn_norm"], config.norm_eps), p, cos, sin, config)
+    y, extra = attend(q, k, v)
+    x = x + y @ p["wo"]
+    return x + mlp(rms_norm(x, p["mlp_norm"], config.norm_eps), p), extra
+
+
 def output_logits(params: Params, x: jax.Array, config: Config) -> jax.Array:
     """Final norm and LM head: (B, T, dim) -> float32 logits (B, T, vocab)."""
     x = rms_norm(x, params["norm"], config.norm_eps)
@@ -179,12 +211,12 @@ def forward(params: Params, input_ids: jax.Array, config: Config = CONFIG) -> ja
     T = input_ids.shape[1]
     if T > config.max_seq_len:
         raise ValueError(f"sequence length {T} exceeds max_seq_len {config.max_seq_len}")
-    cos, sin = (jnp.asarray(table[:T]) for table in rope_tables(config))
+    cos, sin = (jnp.asarray(table[None, :T]) for table in rope_tables(config))
 
     def layer(x: jax.Array, p: Params) -> tuple[jax.Array, None]:
-        q, k, v = project_qkv(rms_norm(x, p["attn_norm"], config.norm_eps), p, cos, sin, config)
-        x = x + causal_attention(q, k, v) @ p["wo"]
-        return x + mlp(rms_norm(x, p["mlp_norm"], config.norm_eps), p), None
+        return decoder_layer(
+            x, p, cos, sin, lambda q, k, v: (causal_attention(q, k, v), None), config
+        )
 
     x, _ = jax.lax.scan(layer, params["embed"][input_ids], params["layers"])  # (B, T, dim)
     return output_logits(params, x, config)
@@ -204,26 +236,38 @@ def forward_cached(
     cache: Cache,
     start_pos: jax.Array | int,
     config: Config = CONFIG,
+    position_ids: jax.Array | None = None,
+    key_mask: jax.Array | None = None,
+    last_only: bool = False,
 ) -> tuple[jax.Array, Cache]:
-    """Logits (B, T, vocab) for input_ids (B, T) placed after start_pos cached tokens, and the
-    cache with their keys and values added. start_pos may be traced."""
+    """Logits (B, T, vocab) for input_ids (B, T) written at cache slots start_pos.., and the cache
+    with their keys and values added. start_pos may be traced.
+
+    For left-padded batches (what generate passes): position_ids (B, T), each row's RoPE
+    positions (default: the slots), and key_mask (B, max_len), False at padding slots, which no
+    other query attends to. last_only: logits of the last position only, (B, 1, vocab), as
+    transformers' generate computes them after the prompt.
+    """
     T = input_ids.shape[1]
-    positions = start_pos + jnp.arange(T)
+    slots = start_pos + jnp.arange(T)
+    positions = slots[None] if position_ids is None else position_ids
     cos, sin = (jnp.asarray(table)[positions] for table in rope_tables(config))
-    key_positions = jnp.arange(cache["k"].shape[2])
+    visible = visible_keys(slots, jnp.arange(cache["k"].shape[2]), key_mask)
 
     def layer(x: jax.Array, layer_in: tuple[Params, jax.Array, jax.Array]):
         p, k_cache, v_cache = layer_in  # caches (B, max_len, n_kv_heads, head_dim)
-        q, k, v = project_qkv(rms_norm(x, p["attn_norm"], config.norm_eps), p, cos, sin, config)
-        k_cache = jax.lax.dynamic_update_slice(k_cache, k, (0, start_pos, 0, 0))
-        v_cache = jax.lax.dynamic_update_slice(v_cache, v, (0, start_pos, 0, 0))
-        x = x + attention(q, k_cache, v_cache, positions, key_positions) @ p["wo"]
-        return x + mlp(rms_norm(x, p["mlp_norm"], config.norm_eps), p), (k_cache, v_cache)
+
+        def attend(q: jax.Array, k: jax.Array, v: jax.Array):
+            k_all = jax.lax.dynamic_update_slice(k_cache, k, (0, start_pos, 0, 0))
+            v_all = jax.lax.dynamic_update_slice(v_cache, v, (0, start_pos, 0, 0))
+            return attention(q, k_all, v_all, visible), (k_all, v_all)
+
+        return decoder_layer(x, p, cos, sin, attend, config)
 
     x, (k, v) = jax.lax.scan(
         layer, params["embed"][input_ids], (params["layers"], cache["k"], cache["v"])
     )
-    return output_logits(params, x, config), {"k": k, "v": v}
+    return output_logits(params, x[:, -1:] if last_only else x, config), {"k": k, "v": v}
 
 
 def loss(
@@ -234,14 +278,31 @@ def loss(
     return -jnp.take_along_axis(log_probs, targets[..., None], axis=-1).mean()
 
 
-def sample(logits: jax.Array, temperature: float, top_k: int | None, key: jax.Array) -> jax.Array:
-    """Next token (B,) from last-position logits (B, vocab)."""
+def sample(
+    logits: jax.Array,
+    temperature: float,
+    top_k: int | None,
+    key: jax.Array,
+    top_p: float | None = None,
+) -> jax.Array:
+    """Next token (B,) from last-position logits (B, vocab).
+
+    temperature 0 is greedy. Otherwise softmax(logits / temperature), restricted as
+    transformers' TopK- then TopPLogitsWarper do: to the top_k most likely tokens, then to the
+    fewest most likely tokens whose probabilities sum to at least top_p (ties at the edge kept).
+    """
     if temperature == 0.0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = logits / temperature
     if top_k is not None:
         kth_best = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[0][:, -1:]
         logits = jnp.where(logits < kth_best, -jnp.inf, logits)
+    if top_p is not None and top_p < 1.0:
+        ascending = jnp.sort(logits, axis=-1)
+        below = jnp.cumsum(jax.nn.softmax(ascending, axis=-1), axis=-1) <= 1 - top_p
+        below = below.at[:, -1].set(False)  # the most likely token always stays
+        smallest_kept = jnp.min(jnp.where(below, jnp.inf, ascending), axis=-1, keepdims=True)
+        logits = jnp.where(logits < smallest_kept, -jnp.inf, logits)
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
@@ -253,52 +314,112 @@ def generate(
     top_k: int | None = None,
     key: jax.Array | None = None,
     config: Config = CONFIG,
+    *,
+    top_p: float | None = None,
+    attention_mask: jax.Array | None = None,
+    eos_token_id: int | Sequence[int] | None = EOS_TOKEN_IDS,
+    pad_token_id: int | None = PAD_TOKEN_ID,
 ) -> jax.Array:
-    """Prompt followed by max_new_tokens sampled tokens, int32 (B, T + max_new_tokens).
+    """Prompt followed by up to max_new_tokens new tokens, int32 (B, T + steps).
 
-    temperature 0 is greedy; otherwise sample from softmax(logits / temperature), restricted to
-    the top_k most likely tokens when top_k is given, with randomness from `key`.
+    attention_mask (B, T), 1 for tokens and 0 for padding, takes left-padded batches (as
+    transformers does for decoder-only models): each row's positions count its own tokens.
+    A row finishes at any eos_token_id (None: never) and then emits pad_token_id (None: the
+    first eos id, as transformers does); generation ends when every row has finished, so
+    `steps` <= max_new_tokens. temperature 0 is greedy; otherwise sample (see `sample`: top_k,
+    top_p) with randomness from `key`. The loop runs inside one jit (`decode`).
+
+    Raises ValueError when T + max_new_tokens exceeds max_seq_len, or sampling lacks a key.
     """
     input_ids = jnp.asarray(input_ids, jnp.int32)
-    if input_ids.shape[1] + max_new_tokens > config.max_seq_len:
+    B, T = input_ids.shape
+    if T + max_new_tokens > config.max_seq_len:
         raise ValueError(
-            f"{input_ids.shape[1]} + {max_new_tokens} tokens exceed "
+            f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds "
             f"max_seq_len {config.max_seq_len}"
         )
     if temperature != 0.0 and key is None:
         raise ValueError("sampling (temperature > 0) needs a key, e.g. jax.random.key(0)")
     if max_new_tokens == 0:
         return input_ids
+    eos = stop_tokens(eos_token_id)
+    pad = pad_token_id if pad_token_id is not None else int(eos[0]) if len(eos) else 0
+    mask = jnp.ones((B, T), bool) if attention_mask is None else jnp.asarray(attention_mask, bool)
     key = jax.random.key(0) if key is None else key
-    new_tokens = decode(params, input_ids, key, max_new_tokens, float(temperature), top_k, config)
-    return jnp.concatenate([input_ids, new_tokens], axis=1)
+    options = Sampling(float(temperature), top_k, None if top_p is None else float(top_p))
+    new_tokens, steps = decode(
+        params, input_ids, mask, key, eos, pad, max_new_tokens, options, config
+    )
+    return jnp.concatenate([input_ids, new_tokens[:, : int(steps)]], axis=1)
 
 
-@functools.partial(jax.jit, static_argnames=("max_new_tokens", "temperature", "top_k", "config"))
+def stop_tokens(eos_token_id: int | Sequence[int] | None) -> jax.Array:
+    """The eos ids as a 1-D int32 array (empty for None)."""
+    if eos_token_id is None:
+        eos_token_id = ()
+    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    return jnp.asarray(ids, jnp.int32).reshape(-1)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """generate's sampling options, static under jit."""
+
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+
+
+@functools.partial(jax.jit, static_argnames=("max_new_tokens", "options", "config"))
 def decode(
     params: Params,
     input_ids: jax.Array,
+    attention_mask: jax.Array,
     key: jax.Array,
+    eos: jax.Array,
+    pad: jax.Array | int,
     max_new_tokens: int,
-    temperature: float,
-    top_k: int | None,
+    options: Sampling,
     config: Config,
-) -> jax.Array:
-    """max_new_tokens (>= 1) tokens after the prompt, (B, max_new_tokens): one prefill, then one
-    token per step through a static KV cache."""
+) -> tuple[jax.Array, jax.Array]:
+    """Up to max_new_tokens (>= 1) tokens after the prompt: (B, max_new_tokens), pad past the
+    end, and the number of steps taken. One prefill, then a `lax.while_loop` of one token per
+    step through a static KV cache, which stops once every row has emitted an eos id.
+
+    attention_mask (B, T) bool; eos (n,) int32; pad a scalar.
+    """
     B, T = input_ids.shape
-    keys = jax.random.split(key, max_new_tokens)
-    logits, cache = forward_cached(
-        params, input_ids, init_cache(B, T + max_new_tokens, config), 0, config
-    )
-    first = sample(logits[:, -1], temperature, top_k, keys[0])
+    key_mask = jnp.concatenate([attention_mask, jnp.ones((B, max_new_tokens), bool)], axis=1)
+    # Positions as transformers counts them: cumsum(mask) - 1 (0 under the padding).
+    positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)  # (B, T)
+    cache = init_cache(B, T + max_new_tokens, config)
+    logits, cache = forward_cached(params, input_ids, cache, 0, config, positions, key_mask, True)
 
-    def step(carry: tuple[jax.Array, Cache], inputs: tuple[jax.Array, jax.Array]):
-        token, cache = carry
-        position, step_key = inputs
-        logits, cache = forward_cached(params, token[:, None], cache, position, config)
-        return (sample(logits[:, -1], temperature, top_k, step_key), cache), token
+    def pick(
+        step: jax.Array, logits: jax.Array, finished: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """Step `step`'s token (B,) from logits (B, vocab): pad in finished rows."""
+        step_key = jax.random.fold_in(key, step)
+        token = sample(logits, options.temperature, options.top_k, step_key, options.top_p)
+        token = jnp.where(finished, pad, token).astype(jnp.int32)
+        return token, finished | (token[:, None] == eos[None, :]).any(axis=-1)
 
-    positions = T + jnp.arange(max_new_tokens - 1)
-    (last, _), tokens = jax.lax.scan(step, (first, cache), (positions, keys[1:]))
-    return jnp.concatenate([tokens.T, last[:, None]], axis=1)
+    token, finished = pick(0, logits[:, -1], jnp.zeros(B, bool))
+    tokens = jnp.zeros((B, max_new_tokens), jnp.int32).at[:, 0].set(token)
+
+    def running(carry: tuple) -> jax.Array:
+        steps, _, finished, _, _ = carry
+        return (steps < max_new_tokens) & ~finished.all()
+
+    def step(carry: tuple) -> tuple:
+        steps, tokens, finished, cache, token = carry  # steps: tokens made so far
+        position = positions[:, -1:] + steps  # (B, 1): the last token's position
+        logits, cache = forward_cached(
+            params, token[:, None], cache, T + steps - 1, config, position, key_mask
+        )
+        token, finished = pick(steps, logits[:, -1], finished)
+        return steps + 1, tokens.at[:, steps].set(token), finished, cache, token
+
+    carry = (jnp.asarray(1), tokens, finished, cache, token)
+    steps, tokens, *_ = jax.lax.while_loop(running, step, carry)
+    return tokens, steps

@@ -7,7 +7,9 @@
 
 Not bound to weights yet: bind first with `python -m codegen bind` (README.md, "Run").
 
-Token ids in, token ids out: tokenize with the checkpoint's own tokenizer.
+Token ids in, token ids out: tokenize with the checkpoint's own tokenizer. Generation stops at
+an end-of-sequence id (EOS_TOKEN_IDS; `--eos-token-id` to change, `--no-eos` for exactly
+--max-new-tokens). From Python, `generate` also takes left-padded batches (attention_mask).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +37,11 @@ ORT_ERRORS = (Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile, 
 N_LAYERS = 32
 N_KV_HEADS = 32
 HEAD_DIM = 128
+MAX_SEQ_LEN = 2048
+# The tokenizer's ids (config.json, generation_config.json): generate's defaults.
+BOS_TOKEN_ID: int | None = 1
+EOS_TOKEN_IDS: tuple[int, ...] | None = (2,)
+PAD_TOKEN_ID: int | None = None  # None: finished rows emit EOS_TOKEN_IDS[0]
 # The files the graphs read their weights from, in the --weights folder.
 WEIGHT_FILES = ["model.onnx.data"]
 
@@ -70,22 +78,79 @@ def empty_cache(batch: int) -> dict[str, np.ndarray]:
     }
 
 
+def feeds(
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    position_ids: np.ndarray,
+    past: dict[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """The graphs' inputs (onnxruntime-genai's names): input_ids and position_ids (batch, seq),
+    attention_mask (batch, past + seq), 0 at padding; past: the cache (empty for model.onnx)."""
+    return {
+        "input_ids": input_ids.astype(np.int64),
+        "attention_mask": attention_mask.astype(np.int64),
+        "position_ids": position_ids.astype(np.int64),
+        **past,
+    }
+
+
+def positions_of(attention_mask: np.ndarray) -> np.ndarray:
+    """Each row's positions as transformers counts them: cumsum(mask) - 1, 0 under the padding."""
+    return np.maximum(attention_mask.astype(np.int64).cumsum(axis=-1) - 1, 0)
+
+
+def stop_tokens(eos_token_id: int | Sequence[int] | None) -> np.ndarray:
+    """The eos ids as a 1-D int64 array (empty for None)."""
+    if eos_token_id is None:
+        eos_token_id = ()
+    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    return np.array(ids, dtype=np.int64)
+
+
 def generate(
-    session: ort.InferenceSession, input_ids: np.ndarray, max_new_tokens: int
+    session: ort.InferenceSession,
+    input_ids: np.ndarray,
+    max_new_tokens: int,
+    attention_mask: np.ndarray | None = None,
+    eos_token_id: int | Sequence[int] | None = EOS_TOKEN_IDS,
+    pad_token_id: int | None = PAD_TOKEN_ID,
 ) -> np.ndarray:
-    """The prompt (batch, T) followed by max_new_tokens greedy tokens, decoded through the KV cache
-    of a model_with_past.onnx session (the first step, with an empty cache, is the prefill)."""
+    """The prompt (batch, T) followed by up to max_new_tokens greedy tokens, (batch, T + steps),
+    decoded through the KV cache of a model_with_past.onnx session (the first step, with an
+    empty cache, is the prefill).
+
+    attention_mask (batch, T), 1 for tokens and 0 for padding, takes left-padded batches (as
+    transformers does for decoder-only models): each row's positions count its own tokens.
+    A row finishes at any eos_token_id (None: never) and then emits pad_token_id (None: the
+    first eos id, as transformers does); generation ends when every row has finished.
+
+    Raises ValueError when T + max_new_tokens exceeds MAX_SEQ_LEN.
+    """
+    batch, length = input_ids.shape
+    if length + max_new_tokens > MAX_SEQ_LEN:
+        problem = f"prompt ({length}) + max_new_tokens ({max_new_tokens})"
+        raise ValueError(f"{problem} exceeds max_seq_len {MAX_SEQ_LEN}")
+    eos = stop_tokens(eos_token_id)
+    pad = pad_token_id if pad_token_id is not None else int(eos[0]) if len(eos) else 0
+    mask = np.ones_like(input_ids) if attention_mask is None else attention_mask.astype(np.int64)
+    positions = positions_of(mask)
     names = [output.name for output in session.get_outputs()]  # logits, present.{i}.key/value
-    feeds = {"input_ids": input_ids.astype(np.int64), **empty_cache(input_ids.shape[0])}
-    tokens = [input_ids]
+    inputs = feeds(input_ids, mask, positions, empty_cache(batch))
+    tokens, finished = [input_ids.astype(np.int64)], np.zeros(batch, dtype=bool)
     for _ in range(max_new_tokens):
-        logits, *present = session.run(names, feeds)  # logits (batch, new tokens, vocab)
-        tokens.append(logits[:, -1].argmax(axis=-1, keepdims=True))  # (batch, 1)
+        logits, *present = session.run(names, inputs)  # logits (batch, new tokens, vocab)
+        token = np.where(finished, pad, logits[:, -1].argmax(axis=-1))  # (batch,)
+        finished |= np.isin(token, eos)
+        tokens.append(token[:, None])
+        if finished.all():
+            break
         past = {
             name.replace("present", "past_key_values"): value
             for name, value in zip(names[1:], present, strict=True)
         }
-        feeds = {"input_ids": tokens[-1], **past}
+        mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
+        positions = positions[:, -1:] + 1
+        inputs = feeds(tokens[-1], mask, positions, past)
     return np.concatenate(tokens, axis=1)
 
 
@@ -99,7 +164,21 @@ def main() -> None:
     )
     parser.add_argument("--ids", type=int, nargs="+", required=True, help="prompt token ids")
     parser.add_argument("--max-new-tokens", type=int, default=16)
+    stop = parser.add_mutually_exclusive_group()
+    stop.add_argument(
+        "--eos-token-id",
+        type=int,
+        nargs="+",
+        default=EOS_TOKEN_IDS,
+        help=f"stop ids (default: {EOS_TOKEN_IDS})",
+    )
+    stop.add_argument(
+        "--no-eos", action="store_true", help="no stop: exactly --max-new-tokens tokens"
+    )
     args = parser.parse_args()
+    if len(args.ids) + args.max_new_tokens > MAX_SEQ_LEN:
+        problem = f"{len(args.ids)} prompt ids + --max-new-tokens {args.max_new_tokens}"
+        parser.exit(2, f"run.py: error: {problem} exceed max_seq_len {MAX_SEQ_LEN}\n")
     check_weight_files(args.weights)
     try:
         session = load_session("model_with_past.onnx", args.weights)
@@ -110,7 +189,8 @@ def main() -> None:
         parser.exit(
             2, f"run.py: error: onnxruntime cannot load the graphs with {args.weights}: {reason}\n"
         )
-    tokens = generate(session, np.array([args.ids]), args.max_new_tokens)
+    eos = None if args.no_eos else args.eos_token_id
+    tokens = generate(session, np.array([args.ids]), args.max_new_tokens, eos_token_id=eos)
     print(" ".join(str(token) for token in tokens[0]))
 
 

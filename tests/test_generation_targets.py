@@ -1,0 +1,334 @@
+"""Generation in the JAX and ONNX targets as transformers does it: left-padded batches, per-row
+stop at EOS then padding, sampling restricted to the top-k / top-p set; right values from
+transformers' own generate and logits warpers on the same weights (the torch twin of these
+tests is tests/test_generation.py, whose batch and EOS choice they reuse)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import LlamaConfig
+
+from backends import BuildOptions
+from codegen.verifier.emitted import build_target, import_file, import_package
+from spec import to_hf_config
+from tests.test_generation import LENGTHS, NEW_TOKENS, SPEC, early_eos, padded_batch
+
+jax = pytest.importorskip("jax")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """(transformers' model with random weights, the folder save_pretrained wrote it to)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from codegen.verifier.checkpoints import random_weights
+
+    root = tmp_path_factory.mktemp("generation-targets")
+    model = LlamaForCausalLM(LlamaConfig(**to_hf_config(SPEC))).eval()
+    weights = {k: torch.from_numpy(v) for k, v in random_weights(SPEC, 0, std=0.1).items()}
+    model.load_state_dict(weights, strict=False)  # tied: no lm_head.weight
+    model.save_pretrained(root / "hf")
+    return model, root / "hf"
+
+
+@pytest.fixture(scope="module")
+def jax_model(reference, tmp_path_factory):
+    """(the emitted JAX package, its params loaded from the reference's folder)."""
+    package = import_package(build_target(SPEC, "jax", tmp_path_factory.mktemp("jax")))
+    return package, package.load_checkpoint(reference[1])
+
+
+def theirs(reference, eos, pad):
+    """transformers' greedy tokens for the padded batch, (3, 30 + steps)."""
+    ids, mask = padded_batch()
+    return reference.generate(
+        ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False,
+        eos_token_id=[eos], pad_token_id=pad,
+    ).numpy()  # fmt: skip
+
+
+def assert_rows_equal(ours: np.ndarray, expected: np.ndarray) -> None:
+    assert ours.shape == expected.shape
+    for row in range(len(LENGTHS)):
+        assert ours[row].tolist() == expected[row].tolist(), row
+
+
+def padded_logits(reference) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, mask, positions, transformers' logits) of the padded batch, positions counted as
+    transformers' generate counts them (cumsum(mask) - 1)."""
+    import torch
+
+    ids, mask = padded_batch()
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = reference(ids, attention_mask=mask, position_ids=positions).logits
+    return ids.numpy(), mask.numpy(), positions.numpy(), logits.numpy()
+
+
+def assert_close_where_real(actual: np.ndarray, expected: np.ndarray, mask: np.ndarray) -> None:
+    """Logits (B, T, vocab) equal at every real (unpadded) position."""
+    real = mask.astype(bool)
+    np.testing.assert_allclose(actual[real], expected[real], rtol=1e-5, atol=1e-5)
+
+
+# --- JAX ---------------------------------------------------------------------------------------
+
+
+def test_jax_left_padded_greedy_batch_equals_transformers_row_by_row(reference, jax_model):
+    """Prompts of 5, 17 and 30 tokens, left padded, one row stopping early at eos (then pad):
+    transformers' tokens row by row, with pad given and with pad None (the first eos id)."""
+    package, params = jax_model
+    ids, mask = padded_batch()
+    eos = early_eos(reference[0], ids, mask)
+    for pad in (1, None):
+        ours = package.generate(
+            params, ids.numpy(), NEW_TOKENS, attention_mask=mask.numpy(), eos_token_id=[eos],
+            pad_token_id=pad,
+        )  # fmt: skip
+        assert_rows_equal(np.asarray(ours), theirs(reference[0], eos, pad))
+    stopped = np.asarray(ours)[1, ids.shape[1] :].tolist()
+    assert stopped.index(eos) < len(stopped) - 1
+
+
+def test_jax_generation_ends_when_every_row_has_finished(reference, jax_model):
+    package, params = jax_model
+    ids, mask = padded_batch()
+    first = np.asarray(
+        package.generate(params, ids.numpy(), 1, attention_mask=mask.numpy(), eos_token_id=None)
+    )[:, -1].tolist()
+    expected = reference[0].generate(
+        ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False,
+        eos_token_id=first, pad_token_id=0,
+    ).numpy()  # fmt: skip
+    ours = package.generate(
+        params, ids.numpy(), NEW_TOKENS, attention_mask=mask.numpy(), eos_token_id=first,
+        pad_token_id=0,
+    )  # fmt: skip
+    assert expected.shape == (3, ids.shape[1] + 1)
+    np.testing.assert_array_equal(np.asarray(ours), expected)
+
+
+def test_jax_chunk_on_a_non_empty_cache_equals_the_full_forward(reference, jax_model):
+    """Several new tokens on top of 20 cached ones give transformers' logits of the whole
+    sequence at those positions."""
+    import torch
+
+    package, params = jax_model
+    ids = padded_batch()[0][2:]  # (1, 30), no padding
+    with torch.no_grad():
+        expected = reference[0](ids).logits[:, 20:].numpy()
+    cache = package.init_cache(1, 30)
+    _, cache = package.forward_cached(params, ids[:, :20].numpy(), cache, 0)
+    actual, _ = package.forward_cached(params, ids[:, 20:].numpy(), cache, 20)
+    np.testing.assert_allclose(np.asarray(actual), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_jax_decode_equals_prefill_at_every_position_with_padding(reference, jax_model):
+    """The padded batch prefilled whole, and decoded one token at a time after a 10-token
+    prefill, give transformers' logits at every real position."""
+    package, params = jax_model
+    ids, mask, positions, expected = padded_logits(reference[0])
+    full, _ = package.forward_cached(
+        params, ids, package.init_cache(3, 30), 0, position_ids=positions, key_mask=mask
+    )
+    assert_close_where_real(np.asarray(full), expected, mask)
+    steps, cache = [], package.init_cache(3, 30)
+    forward_cached = jax.jit(package.forward_cached)  # compiled once for (3, 10), once for (3, 1)
+    for start, end in [(0, 10), *((t, t + 1) for t in range(10, 30))]:
+        window = slice(start, end)
+        logits, cache = forward_cached(
+            params, ids[:, window], cache, start, position_ids=positions[:, window], key_mask=mask
+        )
+        steps.append(np.asarray(logits))
+    assert_close_where_real(np.concatenate(steps, axis=1), expected, mask)
+
+
+def test_jax_top_k_1_sampling_equals_greedy(jax_model):
+    package, params = jax_model
+    ids, mask = (t.numpy() for t in padded_batch())
+    greedy = package.generate(params, ids, NEW_TOKENS, attention_mask=mask, eos_token_id=None)
+    sampled = package.generate(
+        params, ids, NEW_TOKENS, temperature=1.5, top_k=1, key=jax.random.key(0),
+        attention_mask=mask, eos_token_id=None,
+    )  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(sampled), np.asarray(greedy))
+
+
+def test_jax_sampling_is_reproducible_with_a_key(jax_model):
+    package, params = jax_model
+    ids, mask = (t.numpy() for t in padded_batch())
+
+    def run(seed: int) -> np.ndarray:
+        return np.asarray(
+            package.generate(
+                params,
+                ids,
+                8,
+                temperature=1.0,
+                top_p=0.9,
+                key=jax.random.key(seed),
+                attention_mask=mask,
+                eos_token_id=None,
+            )
+        )
+
+    np.testing.assert_array_equal(run(3), run(3))
+    assert not np.array_equal(run(3), run(4))
+
+
+def allowed_by_transformers(logits: np.ndarray, temperature, top_k, top_p) -> set[int]:
+    """The tokens transformers' temperature, top-k and top-p warpers leave finite."""
+    import torch
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    scores = torch.from_numpy(logits)[None]
+    for warper in (
+        TemperatureLogitsWarper(temperature),
+        TopKLogitsWarper(top_k) if top_k is not None else None,
+        TopPLogitsWarper(top_p) if top_p is not None else None,
+    ):
+        if warper is not None:
+            scores = warper(None, scores)
+    return set(np.flatnonzero(np.isfinite(scores[0].numpy())).tolist())
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    logits=st.lists(
+        st.floats(-8, 8, allow_nan=False, width=32), min_size=2, max_size=40, unique=True
+    ),
+    temperature=st.sampled_from([0.5, 1.0, 2.0]),
+    top_k=st.one_of(st.none(), st.integers(1, 6)),
+    top_p=st.one_of(st.none(), st.floats(0.05, 0.95)),
+    seed=st.integers(0, 2**16),
+)
+def test_jax_samples_never_leave_the_top_k_top_p_set(
+    jax_model, logits, temperature, top_k, top_p, seed
+):
+    """256 draws (one row each) fall inside the set transformers' warpers keep."""
+    package, _ = jax_model
+    sample = package.model.sample
+    row = np.asarray(logits, np.float32)
+    allowed = allowed_by_transformers(row, temperature, top_k, top_p)
+    drawn = sample(
+        jax.numpy.asarray(np.tile(row, (256, 1))), temperature, top_k, jax.random.key(seed), top_p
+    )
+    assert set(np.asarray(drawn).tolist()) <= allowed
+
+
+# --- ONNX --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def onnx_model(reference, tmp_path_factory):
+    """(the emitted run.py module, a model_with_past.onnx session bound to the reference's
+    folder by reference)."""
+    pytest.importorskip("onnxruntime")
+    out = tmp_path_factory.mktemp("onnx")
+    folder = build_target(SPEC, "onnx", out, BuildOptions(weights=reference[1]))
+    run = import_file(folder / "run.py")
+    return run, run.load_session("model_with_past.onnx", reference[1])
+
+
+def test_onnx_left_padded_greedy_batch_equals_transformers_row_by_row(reference, onnx_model):
+    """run.py's generate on the padded batch: transformers' tokens row by row, the row that
+    stops early at eos included, with pad given and pad None (the first eos id)."""
+    run, session = onnx_model
+    ids, mask = padded_batch()
+    eos = early_eos(reference[0], ids, mask)
+    for pad in (1, None):
+        ours = run.generate(
+            session, ids.numpy(), NEW_TOKENS, attention_mask=mask.numpy(), eos_token_id=[eos],
+            pad_token_id=pad,
+        )  # fmt: skip
+        assert_rows_equal(ours, theirs(reference[0], eos, pad))
+    stopped = ours[1, ids.shape[1] :].tolist()
+    assert stopped.index(eos) < len(stopped) - 1
+
+
+def test_onnx_generation_ends_when_every_row_has_finished(reference, onnx_model):
+    run, session = onnx_model
+    ids, mask = padded_batch()
+    first = run.generate(session, ids.numpy(), 1, attention_mask=mask.numpy(), eos_token_id=None)
+    first = first[:, -1].tolist()
+    expected = reference[0].generate(
+        ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False,
+        eos_token_id=first, pad_token_id=0,
+    ).numpy()  # fmt: skip
+    ours = run.generate(
+        session, ids.numpy(), NEW_TOKENS, attention_mask=mask.numpy(), eos_token_id=first,
+        pad_token_id=0,
+    )  # fmt: skip
+    assert expected.shape == (3, ids.shape[1] + 1)
+    np.testing.assert_array_equal(ours, expected)
+
+
+def test_onnx_chunk_on_a_non_empty_cache_equals_the_full_forward(reference, onnx_model):
+    """10 new tokens fed at once on top of 20 cached ones (past_key_values), with the graph's
+    attention_mask and position_ids: transformers' logits of the whole sequence there."""
+    import torch
+
+    run, session = onnx_model
+    ids = padded_batch()[0][2:].numpy()  # (1, 30), no padding
+    with torch.no_grad():
+        expected = reference[0](torch.from_numpy(ids)).logits[:, 20:].numpy()
+    names = [output.name for output in session.get_outputs()]
+    mask, positions = np.ones_like(ids), np.arange(30)[None]
+    _, *present = session.run(
+        names, run.feeds(ids[:, :20], mask[:, :20], positions[:, :20], run.empty_cache(1))
+    )
+    past = {n.replace("present", "past_key_values"): v for n, v in zip(names[1:], present)}
+    actual = session.run(["logits"], run.feeds(ids[:, 20:], mask, positions[:, 20:], past))[0]
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_onnx_decode_equals_prefill_at_every_position_with_padding(reference, onnx_model):
+    """model_with_past.onnx on the padded batch, whole and one token at a time after a 10-token
+    prefill: transformers' logits at every real position."""
+    run, session = onnx_model
+    ids, mask, positions, expected = padded_logits(reference[0])
+    names = [output.name for output in session.get_outputs()]
+    full = session.run(["logits"], run.feeds(ids, mask, positions, run.empty_cache(3)))[0]
+    assert_close_where_real(full, expected, mask)
+    steps, past = [], run.empty_cache(3)
+    for start, end in [(0, 10), *((t, t + 1) for t in range(10, 30))]:
+        feeds = run.feeds(ids[:, start:end], mask[:, :end], positions[:, start:end], past)
+        logits, *present = session.run(names, feeds)
+        past = {n.replace("present", "past_key_values"): v for n, v in zip(names[1:], present)}
+        steps.append(logits)
+    assert_close_where_real(np.concatenate(steps, axis=1), expected, mask)
+
+
+def test_onnxruntime_genai_loads_the_folder_and_generates_transformers_tokens(reference, tmp_path):
+    """onnxruntime-genai's own generation loop, on the folder and its genai_config.json (the
+    spec's eos and pad ids), gives transformers' greedy tokens for each prompt of the batch,
+    stopping the middle one at eos. (onnxruntime-genai 0.18 is fed each prompt alone: given the
+    left-padded batch, it ran the padding unmasked, so its padded rows are not compared.)"""
+    og = pytest.importorskip("onnxruntime_genai", reason="needs onnxruntime-genai installed")
+    ids, mask = padded_batch()
+    eos = early_eos(reference[0], ids, mask)
+    spec = SPEC.model_copy(update={"eos_token_id": (eos,), "pad_token_id": 1})
+    options = BuildOptions(weights=reference[1], embed_weights=True)  # self-contained folder
+    model = og.Model(str(build_target(spec, "onnx", tmp_path, options)))
+    expected = theirs(reference[0], eos, 1)
+    for row, length in enumerate(LENGTHS):
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=length + NEW_TOKENS)
+        generator = og.Generator(model, params)
+        generator.append_tokens(ids[row : row + 1, -length:].numpy().astype(np.int32))
+        while not generator.is_done():
+            generator.generate_next_token()
+        tokens = [int(t) for t in generator.get_sequence(0)]
+        wanted = expected[row, ids.shape[1] - length :].tolist()
+        if eos in wanted[length:]:  # transformers emits eos, then pads; genai's sequence stops
+            wanted = wanted[: wanted.index(eos, length)]  # before it (0.18 leaves eos out)
+        assert tokens == wanted, row
+    assert len(tokens) == LENGTHS[-1] + NEW_TOKENS  # the last row runs to the end
