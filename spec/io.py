@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import TypeAdapter
 
-from .model import LinearRopeScaling, Llama3RopeScaling, ModelSpec, RopeScaling
+from .model import DType, Llama3RopeScaling, ModelSpec, RopeScaling
 
 MAX_SPEC_BYTES = 1 << 20
 # LLaMA-1's params.json says vocab_size -1: the size came from its SentencePiece tokenizer.
@@ -142,7 +143,7 @@ def hf_view(config: dict[str, Any], where: str = "config.json") -> dict[str, Any
 def hf_checked_values(spec: ModelSpec) -> dict[str, Any]:
     """What a config.json of `spec` says under the keys loaders check (hf_config_view's form)."""
     values = {key: getattr(spec, field) for key, field, _ in HF_CHECKED}
-    scaling = spec.rope_scaling.model_dump() if spec.rope_scaling else {"type": "none"}
+    scaling = spec.rope_scaling.model_dump(mode="json") if spec.rope_scaling else {"type": "none"}
     return values | {"rope_scaling": scaling}
 
 
@@ -155,14 +156,27 @@ def token_ids(config: dict[str, Any]) -> dict[str, Any]:
     return {key: config[key] for key in HF_TOKEN_DEFAULTS if key in config}
 
 
+_ROPE_SCALING: TypeAdapter[RopeScaling] = TypeAdapter(RopeScaling)
+
+
 def _rope_from_hf(scaling: dict[str, Any]) -> RopeScaling | None:
-    """A RopeScaling from hf_config_view's {"type": ..., params} form."""
-    params = {key: value for key, value in scaling.items() if key != "type"}
-    if scaling["type"] == "linear":
-        return LinearRopeScaling(**params)
-    if scaling["type"] == "llama3":
-        return Llama3RopeScaling(**params)
-    return None
+    """A RopeScaling from hf_config_view's {"type": ..., params} form (values resolved as
+    transformers resolves them); pydantic's ValidationError for values out of bounds."""
+    if scaling["type"] == "none":
+        return None
+    return _ROPE_SCALING.validate_python(scaling)
+
+
+def _dtype_from_hf(config: dict[str, Any]) -> DType:
+    """The checkpoint's dtype: `dtype` (transformers 5) or `torch_dtype` (4.x); float32 without
+    either, as transformers loads. SpecFormatError for one no target builds (never a silent
+    change of dtype)."""
+    dtype = config.get("dtype", config.get("torch_dtype")) or "float32"
+    if dtype not in DType.__members__:
+        raise SpecFormatError(
+            f"dtype {str(dtype)[:40]!r}: the targets build float32, bfloat16 or float16"
+        )
+    return DType(dtype)
 
 
 def from_hf_config(config: dict[str, Any], name: str = "model") -> ModelSpec:
@@ -191,7 +205,6 @@ def from_hf_config(config: dict[str, Any], name: str = "model") -> ModelSpec:
             f"head_dim {head_dim} x {heads} heads != hidden_size {view['hidden_size']}: "
             "decoupled head sizes are not supported"
         )
-    dtype = config.get("dtype", config.get("torch_dtype")) or "float32"
     return ModelSpec(
         name=name,
         vocab_size=view["vocab_size"],
@@ -205,7 +218,7 @@ def from_hf_config(config: dict[str, Any], name: str = "model") -> ModelSpec:
         rope_scaling=_rope_from_hf(view["rope_scaling"]),
         max_seq_len=view["max_position_embeddings"],
         tie_embeddings=view["tie_word_embeddings"],
-        dtype="bfloat16" if dtype in ("bfloat16", "float16") else "float32",
+        dtype=_dtype_from_hf(config),
         init_std=view["initializer_range"],
         **(HF_TOKEN_DEFAULTS | token_ids(config)),
     )
@@ -246,7 +259,7 @@ def to_hf_config(spec: ModelSpec) -> dict[str, Any]:
     """A transformers `LlamaConfig` dict (4.x keys, which 5.x also reads) for the spec."""
     scaling: dict[str, Any] | None = None
     if spec.rope_scaling is not None:
-        scaling = spec.rope_scaling.model_dump()
+        scaling = spec.rope_scaling.model_dump(mode="json")
         scaling["rope_type"] = scaling.pop("type")
     return {
         "architectures": ["LlamaForCausalLM"],

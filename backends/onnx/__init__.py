@@ -11,20 +11,24 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
 from spec import DType, ModelSpec
 
 from ..base import (
     CHECKED_READER,
+    DYNAMIC_NTK_LIMIT,
     Artifact,
     BuildOptions,
     Raw,
     Rendered,
     SpecContext,
     TemplateContext,
+    refuse_rope_scaling,
 )
 from ..checked_reader import shown
 from ..tables import TableContext
@@ -163,7 +167,11 @@ class OnnxBackend:
     accepts: frozenset[str] = frozenset({"weights", "embed_weights"})
     filters: ClassVar[dict[str, Any]] = {}
 
+    # RoPE scaling kinds this target cannot run, with the reason (backends.base).
+    refused_rope: Mapping[str, str] = MappingProxyType({"dynamic": DYNAMIC_NTK_LIMIT})
+
     def plan(self, spec: ModelSpec, options: BuildOptions) -> list[Artifact]:
+        refuse_rope_scaling(spec, self.refused_rope)
         data: bytes | None = None
         if options.weights is None:
             if options.embed_weights:

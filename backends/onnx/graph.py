@@ -98,8 +98,23 @@ def tensor_info(name: str, dtype: int, shape: list[int | str]) -> ValueInfoProto
     return helper.make_tensor_value_info(name, dtype, shape)
 
 
-def inv_frequencies(spec: ModelSpec) -> np.ndarray:
-    return np.array(spec.rope_inv_freq(), dtype=np.float64)
+def inv_frequencies(spec: ModelSpec, long: bool = False) -> np.ndarray:
+    return np.array(spec.rope_inv_freq(long), dtype=np.float64)
+
+
+def scaled_inv_frequencies(g: GraphBuilder, spec: ModelSpec, end: str) -> str:
+    """The RoPE inverse frequencies (head_dim / 2,), float64, for a sequence of `end` ([1],
+    int64) tokens. LongRoPE: the long factors' once `end` passes original_max_position_embeddings,
+    the short ones' until then, for every position of the call (transformers'
+    `longrope_frequency_update`, which compares max(position_ids) + 1)."""
+    inv_freq = g.constant("rope.inv_freq", inv_frequencies(spec))  # (head_dim / 2,), float64
+    scaling = spec.rope_scaling
+    if scaling is None or scaling.type != "longrope":
+        return inv_freq
+    original = np.array([scaling.original_max_position_embeddings], dtype=np.int64)
+    is_long = g.op("Greater", [end, g.constant("rope.original_len", original)], "rope.is_long")
+    long_freq = g.constant("rope.inv_freq_long", inv_frequencies(spec, long=True))
+    return g.op("Where", [is_long, long_freq, inv_freq], "rope.inv_freq_used")
 
 
 def rope_tables(g: GraphBuilder, spec: ModelSpec, with_past: bool) -> tuple[str, str]:
@@ -118,7 +133,7 @@ def rope_tables(g: GraphBuilder, spec: ModelSpec, with_past: bool) -> tuple[str,
     positions = g.op("Cast", [positions], "positions.float64", to=TensorProto.DOUBLE)
     axis_1 = g.constant("axis_1", np.array([1], dtype=np.int64))
     positions = g.op("Unsqueeze", [positions, axis_1], "positions.column")  # (seq, 1)
-    inv_freq = g.constant("rope.inv_freq", inv_frequencies(spec))  # (head_dim / 2,), float64
+    inv_freq = scaled_inv_frequencies(g, spec, end)  # (head_dim / 2,), float64
     angles = g.op("Mul", [positions, inv_freq], "rope.angles")  # (seq, head_dim / 2), float64
     input_shape = g.op("Shape", ["input_ids"], "input_shape")  # [batch, seq]
     half = g.constant("rope.half", np.array([spec.head_dim // 2], dtype=np.int64))
@@ -128,6 +143,11 @@ def rope_tables(g: GraphBuilder, spec: ModelSpec, with_past: bool) -> tuple[str,
     for fn in ("Cos", "Sin"):
         name = "rope." + fn.lower()
         table = g.op(fn, [angles], name + ".float64")
+        if spec.rope_attention_factor() != 1:  # YaRN, LongRoPE: cos and sin are scaled
+            factor = np.array(spec.rope_attention_factor(), dtype=np.float64)
+            table = g.op(
+                "Mul", [table, g.constant("rope.attention_factor", factor)], name + ".scaled"
+            )
         table = g.op("Cast", [table], name + ".float32", to=TensorProto.FLOAT)
         table = g.op("Unsqueeze", [table, axis_0], name + ".row")  # (1, seq, head_dim / 2)
         tables.append(g.op("Expand", [table, table_shape], name))  # (batch, seq, head_dim / 2)
