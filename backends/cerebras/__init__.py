@@ -126,6 +126,11 @@ def training_context(spec: ModelSpec) -> TrainingContext:
             f"training.warmup_steps ({t.warmup_steps}) must be below the run's "
             f"{t.total_steps} steps (total_tokens / batch_tokens)"
         )
+    if t.precision is DType.float16:
+        raise OptionError(
+            "training.precision float16: train.py does not scale the loss, which float16's "
+            "narrow exponent range needs; use bfloat16 (or cbfloat16 through cszoo fit)"
+        )
     mixed = t.precision is not DType.float32
     return TrainingContext(
         batch_size=t.batch_size,
