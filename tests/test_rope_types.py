@@ -137,6 +137,18 @@ def test_the_spec_holds_what_transformers_computes(case):
     np.testing.assert_allclose(inv_freq, rotary.original_inv_freq.numpy(), rtol=1e-6)
 
 
+def test_the_float64_oracle_matches_transformers(case):
+    """`codegen verify` holds every target to the oracle: it must compute these kinds too."""
+    name, folder, model, tokens = case
+    spec = load_spec(folder / "config.json")
+    weights = {k: v.numpy() for k, v in model.state_dict().items()}
+    for length in (100, 20):
+        with torch.no_grad():
+            expected = model(torch.as_tensor(tokens[:1, :length])).logits.numpy()
+        actual = oracle.forward(spec, weights, tokens[:1, :length])
+        assert oracle.relative_error(actual, expected) <= 1e-5, (name, length)
+
+
 def test_cerebras_yaml_says_yarn_as_the_model_zoo_reads_it(tmp_path):
     """The Model Zoo's YaRN (RotaryPositionEmbeddingHelper, 2.10) scales cos and sin by
     mscale_a * ln(factor) + mscale_b: mscale_a 0 and mscale_b the attention factor say
