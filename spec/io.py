@@ -196,6 +196,12 @@ def from_hf_config(config: dict[str, Any], name: str = "model") -> ModelSpec:
     for flag in ("attention_bias", "mlp_bias"):
         if view[flag]:
             raise SpecFormatError(f"{flag}: true is not a LLaMA architecture (no biases)")
+    dropout = config.get("attention_dropout") or 0.0
+    if dropout != 0:  # at inference transformers skips it, but train.py would train without it
+        raise SpecFormatError(
+            f"attention_dropout {str(dropout)[:40]}: no target trains with attention dropout "
+            "(the Cerebras YAML and train.py use 0, as every released Llama)"
+        )
     if view["hidden_act"] != "silu":
         raise SpecFormatError(f"hidden_act {view['hidden_act']!r}: SwiGLU needs silu")
     heads = view["num_attention_heads"]

@@ -21,7 +21,6 @@ from spec import DType, ModelSpec
 
 from ..base import (
     CHECKED_READER,
-    DYNAMIC_NTK_LIMIT,
     Artifact,
     BuildOptions,
     Raw,
@@ -168,7 +167,13 @@ class OnnxBackend:
     filters: ClassVar[dict[str, Any]] = {}
 
     # RoPE scaling kinds this target cannot run, with the reason (backends.base).
-    refused_rope: Mapping[str, str] = MappingProxyType({"dynamic": DYNAMIC_NTK_LIMIT})
+    refused_rope: Mapping[str, str] = MappingProxyType(
+        {
+            "dynamic": "dynamic NTK scaling recomputes the frequencies from each sequence's "
+            "length past max_position_embeddings ({max_seq_len}), and transformers keeps the "
+            "largest length seen across calls; the graphs hold one fixed set of frequencies"
+        }
+    )
 
     def plan(self, spec: ModelSpec, options: BuildOptions) -> list[Artifact]:
         refuse_rope_scaling(spec, self.refused_rope)
