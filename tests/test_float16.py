@@ -118,3 +118,19 @@ def test_onnx_stores_float16_and_computes_in_float32(checkpoint, tmp_path):
     assert weights and {t.data_type for t in weights} == {onnx.TensorProto.FLOAT16}
     logits = OnnxAdapter().open(built, folder, tmp_path / "work").forward(tokens)
     assert oracle.relative_error(logits, exact) <= 1e-5
+
+
+def test_cerebras_refuses_float16_training_it_cannot_loss_scale(tmp_path):
+    """train.py has no loss scaling, which float16 training needs (bfloat16 does not)."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "name: tiny\nvocab_size: 64\ndim: 64\nn_layers: 1\nn_heads: 4\nffn_dim: 96\n"
+        "dtype: float16\ntraining: {precision: float16}\n"
+    )
+    out = tmp_path / "out"
+    args = ["build", "--spec", str(spec), "--target", "cerebras", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "loss" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and not out.exists()
+    spec.write_text(spec.read_text().replace("precision: float16", "precision: bfloat16"))
+    assert CliRunner().invoke(main, args).exit_code == 0
