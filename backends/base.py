@@ -74,13 +74,20 @@ class TemplateContext:
 
 @dataclass(frozen=True)
 class RopeScalingContext:
-    """spec.rope_scaling as templates print it; type "none" when the spec has none."""
+    """spec.rope_scaling as templates print it; type "none" when the spec has none, and
+    attention_factor the spec's resolved one (1 for the kinds without)."""
 
-    type: Literal["none", "linear", "llama3"] = "none"
+    type: Literal["none", "linear", "llama3", "yarn", "longrope", "dynamic"] = "none"
     factor: float | None = None
     low_freq_factor: float | None = None
     high_freq_factor: float | None = None
     original_max_position_embeddings: int | None = None
+    beta_fast: float | None = None
+    beta_slow: float | None = None
+    truncate: bool | None = None
+    short_factor: tuple[float, ...] | None = None
+    long_factor: tuple[float, ...] | None = None
+    attention_factor: float = 1.0
 
     @classmethod
     def of(cls, spec: ModelSpec) -> RopeScalingContext:
@@ -90,6 +97,23 @@ class RopeScalingContext:
     def mapping(self) -> dict[str, Any]:
         """The set fields as a dict (`{"type": "none"}` without scaling), as loaders compare it."""
         return {key: value for key, value in asdict(self).items() if value is not None}
+
+
+# Why a target refuses a RoPE scaling kind: {kind: message}, `{max_seq_len}` filled in.
+DYNAMIC_NTK_LIMIT = (
+    "dynamic NTK scaling changes the frequencies only past max_position_embeddings "
+    "({max_seq_len}), where this target's RoPE tables and KV cache end, so it would never "
+    "apply; build without rope_scaling (the same model at every position up to {max_seq_len})"
+)
+
+
+def refuse_rope_scaling(spec: ModelSpec, refused: Mapping[str, str]) -> None:
+    """OptionError naming the target's limit when it cannot run spec.rope_scaling's kind (the
+    compiler prefixes the target's name)."""
+    kind = spec.rope_scaling.type if spec.rope_scaling else "none"
+    if kind in refused:
+        reason = refused[kind].format(max_seq_len=spec.max_seq_len)
+        raise OptionError(f"rope_scaling type {kind!r} is not supported: {reason}")
 
 
 @dataclass(frozen=True)

@@ -407,11 +407,19 @@ def stores_tied_head(files: list[Path], head: str, embedding: str) -> bool:
 
 
 MAX_CONFIG_BYTES = 16 * 2**20  # a config.json is a few kilobytes
+# Each rope_type transformers has for Llama: the keys it requires (besides those it defaults).
 ROPE_KEYS = {
     "none": (),
     "linear": ("factor",),
-    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor"),
+    "yarn": (),  # factor defaults to max_position_embeddings / original_max_position_embeddings
+    "longrope": ("short_factor", "long_factor"),
+    "dynamic": ("factor",),
 }
+# The kinds whose pretraining length transformers takes from the config when the parameters
+# lack it: a top-level `original_max_position_embeddings` first (Phi-3's form), else
+# max_position_embeddings (`standardize_rope_params`, transformers 5).
+ROPE_ORIGINAL_LENGTH = ("llama3", "yarn", "longrope")
 
 
 def read_json(path: Path, limit: int = MAX_CONFIG_BYTES) -> dict:
@@ -434,9 +442,11 @@ def read_json(path: Path, limit: int = MAX_CONFIG_BYTES) -> dict:
 
 
 def hf_rope_scaling(config: dict, where: str) -> dict:
-    """A transformers config's RoPE scaling as {"type": "none" | "linear" | "llama3", params...}
-    (4.x `rope_scaling` or 5.x `rope_parameters`); malformed: CheckpointError naming the key.
-    Given both, a non-empty `rope_scaling` wins, as in transformers 5 (`PreTrainedConfig`:
+    """A transformers config's RoPE scaling as {"type": "none" | "linear" | "llama3" | "yarn" |
+    "longrope" | "dynamic", params...} (4.x `rope_scaling` or 5.x `rope_parameters`), with the
+    values transformers derives for omitted keys filled in (YaRN's and LongRoPE's
+    attention_factor, their factor, the original length); malformed: CheckpointError naming the
+    key. Given both, a non-empty `rope_scaling` wins, as in transformers 5 (`PreTrainedConfig`:
     `rope_parameters = rope_scaling or rope_parameters`)."""
     key = "rope_parameters" if config.get("rope_parameters") is not None else "rope_scaling"
     if config.get("rope_scaling"):
@@ -453,7 +463,78 @@ def hf_rope_scaling(config: dict, where: str) -> dict:
     missing = [name for name in ROPE_KEYS[kind] if name not in params]
     if missing:
         raise CheckpointError(f"{where}: {key} ({kind}) has no {missing[0]!r}")
-    return {"type": kind, **{name: params[name] for name in ROPE_KEYS[kind]}}
+    view = {"type": kind, **{name: params[name] for name in ROPE_KEYS[kind]}}
+    if kind in ROPE_ORIGINAL_LENGTH:
+        view["original_max_position_embeddings"] = _rope_original_length(config, params)
+    if kind == "yarn":
+        view |= _yarn_view(config, params, f"{where}: {key} (yarn)", view)
+    elif kind == "longrope":
+        view |= _longrope_view(config, params, f"{where}: {key} (longrope)", view)
+    return view
+
+
+def _rope_original_length(config: dict, params: dict) -> object:
+    """The pretraining length transformers 5 reads for llama3, yarn and longrope."""
+    if config.get("original_max_position_embeddings") is not None:
+        return config["original_max_position_embeddings"]
+    if params.get("original_max_position_embeddings") is not None:
+        return params["original_max_position_embeddings"]
+    return config.get("max_position_embeddings") or 2048
+
+
+def _rope_number(value: object, where: str, name: str) -> float:
+    """A positive number from the config (JSON int or float), or CheckpointError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise CheckpointError(
+            f"{where}: {name} is {shown(repr(value))[:80]}, not a positive number"
+        )
+    return value
+
+
+def _rope_factor(config: dict, params: dict, where: str, original: object) -> float:
+    """`factor`, or max_position_embeddings / original_max_position_embeddings without one."""
+    if params.get("factor") is not None:
+        return _rope_number(params["factor"], where, "factor")
+    length = _rope_number(
+        config.get("max_position_embeddings") or 2048, where, "max_position_embeddings"
+    )
+    return length / _rope_number(original, where, "original_max_position_embeddings")
+
+
+def _yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def _yarn_view(config: dict, params: dict, where: str, view: dict) -> dict:
+    """YaRN's parameters as transformers' `_compute_yarn_parameters` resolves them."""
+    factor = _rope_factor(config, params, where, view["original_max_position_embeddings"])
+    attention = params.get("attention_factor")
+    mscale, mscale_all_dim = params.get("mscale"), params.get("mscale_all_dim")
+    if attention is None and mscale and mscale_all_dim:
+        scales = (_rope_number(v, where, "mscale") for v in (mscale, mscale_all_dim))
+        attention = _yarn_mscale(factor, next(scales)) / _yarn_mscale(factor, next(scales))
+    elif attention is None:
+        attention = _yarn_mscale(factor)
+    return {
+        "factor": factor,
+        "beta_fast": params.get("beta_fast") or 32.0,  # `or`: transformers reads 0 as absent too
+        "beta_slow": params.get("beta_slow") or 1.0,
+        "truncate": params.get("truncate", True),
+        "attention_factor": attention,
+    }
+
+
+def _longrope_view(config: dict, params: dict, where: str, view: dict) -> dict:
+    """LongRoPE's parameters as transformers' `_compute_longrope_parameters` resolves them."""
+    original = view["original_max_position_embeddings"]
+    factor = _rope_factor(config, params, where, original)
+    attention = params.get("attention_factor")
+    if attention is None:
+        length = _rope_number(original, where, "original_max_position_embeddings")
+        if length <= 1:
+            raise CheckpointError(f"{where}: original_max_position_embeddings must exceed 1")
+        attention = 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(length))
+    return {"factor": factor, "attention_factor": attention}
 
 
 def hf_config_view(config: dict, where: str, defaults: dict) -> dict:

@@ -10,10 +10,13 @@ from .io import (
 )
 from .model import (
     DType,
+    DynamicRopeScaling,
     LinearRopeScaling,
     Llama3RopeScaling,
+    LongRopeScaling,
     ModelSpec,
     TrainingSpec,
+    YarnRopeScaling,
     meta_ffn_hidden_dim,
 )
 from .parallel import ParallelSpec, load_parallel_spec, logical_axes
@@ -22,13 +25,16 @@ from .presets import PRESETS, UnknownPresetError, get_preset
 __all__ = [
     "PRESETS",
     "DType",
+    "DynamicRopeScaling",
     "LinearRopeScaling",
     "Llama3RopeScaling",
+    "LongRopeScaling",
     "ModelSpec",
     "ParallelSpec",
     "SpecFormatError",
     "TrainingSpec",
     "UnknownPresetError",
+    "YarnRopeScaling",
     "from_hf_config",
     "from_meta_params",
     "get_preset",

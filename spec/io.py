@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import TypeAdapter
 
-from .model import LinearRopeScaling, Llama3RopeScaling, ModelSpec, RopeScaling
+from .model import DType, Llama3RopeScaling, ModelSpec, RopeScaling
 
 MAX_SPEC_BYTES = 1 << 20
 # LLaMA-1's params.json says vocab_size -1: the size came from its SentencePiece tokenizer.
@@ -176,7 +177,7 @@ def hf_view(config: dict[str, Any], where: str = "config.json") -> dict[str, Any
 def hf_checked_values(spec: ModelSpec) -> dict[str, Any]:
     """What a config.json of `spec` says under the keys loaders check (hf_config_view's form)."""
     values = {key: getattr(spec, field) for key, field, _ in HF_CHECKED}
-    scaling = spec.rope_scaling.model_dump() if spec.rope_scaling else {"type": "none"}
+    scaling = spec.rope_scaling.model_dump(mode="json") if spec.rope_scaling else {"type": "none"}
     return values | {"rope_scaling": scaling}
 
 
@@ -198,14 +199,27 @@ def _none_if_negative(value: Any) -> Any:
     return None if negative else value
 
 
+_ROPE_SCALING: TypeAdapter[RopeScaling] = TypeAdapter(RopeScaling)
+
+
 def _rope_from_hf(scaling: dict[str, Any]) -> RopeScaling | None:
-    """A RopeScaling from hf_config_view's {"type": ..., params} form."""
-    params = {key: value for key, value in scaling.items() if key != "type"}
-    if scaling["type"] == "linear":
-        return LinearRopeScaling(**params)
-    if scaling["type"] == "llama3":
-        return Llama3RopeScaling(**params)
-    return None
+    """A RopeScaling from hf_config_view's {"type": ..., params} form (values resolved as
+    transformers resolves them); pydantic's ValidationError for values out of bounds."""
+    if scaling["type"] == "none":
+        return None
+    return _ROPE_SCALING.validate_python(scaling)
+
+
+def _dtype_from_hf(config: dict[str, Any]) -> DType:
+    """The checkpoint's dtype: `dtype` (transformers 5) or `torch_dtype` (4.x); float32 without
+    either, as transformers loads. SpecFormatError for one no target builds (never a silent
+    change of dtype)."""
+    dtype = config.get("dtype", config.get("torch_dtype")) or "float32"
+    if dtype not in DType.__members__:
+        raise SpecFormatError(
+            f"dtype {str(dtype)[:40]!r}: the targets build float32, bfloat16 or float16"
+        )
+    return DType(dtype)
 
 
 def from_hf_config(config: dict[str, Any], name: str = "model") -> ModelSpec:
@@ -222,9 +236,14 @@ def from_hf_config(config: dict[str, Any], name: str = "model") -> ModelSpec:
     missing = [key for key, default in HF_DEFAULTS.items() if default is None and view[key] is None]
     if missing:
         raise KeyError(missing[0])
+    dropout = config.get("attention_dropout") or 0.0
+    if dropout != 0:  # at inference transformers skips it, but train.py would train without it
+        raise SpecFormatError(
+            f"attention_dropout {str(dropout)[:40]}: no target trains with attention dropout "
+            "(the Cerebras YAML and train.py use 0, as every released Llama)"
+        )
     if view["hidden_act"] != "silu":
         raise SpecFormatError(f"hidden_act {view['hidden_act']!r}: SwiGLU needs silu")
-    dtype = config.get("dtype", config.get("torch_dtype")) or "float32"
     return ModelSpec(
         name=name,
         vocab_size=view["vocab_size"],
@@ -242,7 +261,7 @@ def from_hf_config(config: dict[str, Any], name: str = "model") -> ModelSpec:
         rope_scaling=_rope_from_hf(view["rope_scaling"]),
         max_seq_len=view["max_position_embeddings"],
         tie_embeddings=view["tie_word_embeddings"],
-        dtype="bfloat16" if dtype in ("bfloat16", "float16") else "float32",
+        dtype=_dtype_from_hf(config),
         init_std=view["initializer_range"],
         **(HF_TOKEN_DEFAULTS | token_ids(config)),
     )
@@ -363,7 +382,7 @@ def to_hf_config(spec: ModelSpec) -> dict[str, Any]:
     """A transformers `LlamaConfig` dict (4.x keys, which 5.x also reads) for the spec."""
     scaling: dict[str, Any] | None = None
     if spec.rope_scaling is not None:
-        scaling = spec.rope_scaling.model_dump()
+        scaling = spec.rope_scaling.model_dump(mode="json")
         scaling["rope_type"] = scaling.pop("type")
     return {
         "architectures": ["LlamaForCausalLM"],

@@ -79,6 +79,7 @@ class DType(str, Enum):
 
     float32 = "float32"
     bfloat16 = "bfloat16"
+    float16 = "float16"
 
 
 class LinearRopeScaling(_Frozen):
@@ -107,7 +108,91 @@ class Llama3RopeScaling(_Frozen):
         return self
 
 
-RopeScaling = Annotated[LinearRopeScaling | Llama3RopeScaling, Field(discriminator="type")]
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN's attention temperature 0.1 * mscale * ln(factor) + 1, and 1 for factor <= 1
+    (Peng et al. 2023, arXiv:2309.00071, eq. 22; transformers `_compute_yarn_parameters`)."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+class YarnRopeScaling(_Frozen):
+    """YaRN (Peng et al. 2023): frequencies blended between interpolated (divided by `factor`)
+    and original along a ramp over the dimensions that rotate between `beta_slow` and
+    `beta_fast` times in `original_max_position_embeddings` tokens; cos and sin are multiplied
+    by `attention_factor`. transformers `_compute_yarn_parameters`."""
+
+    type: Literal["yarn"] = "yarn"
+    factor: Annotated[float, Field(ge=1, allow_inf_nan=False)]
+    original_max_position_embeddings: PositiveInt
+    beta_fast: PositiveFloat = 32.0
+    """Rotations in the original context above which a dimension is left unscaled."""
+    beta_slow: PositiveFloat = 1.0
+    """Rotations below which a dimension is fully interpolated."""
+    truncate: bool = True
+    """Round the ramp's ends to whole dimensions (floor and ceil), as transformers does by default."""
+    attention_factor: PositiveFloat = Field(default=None, validate_default=False)  # type: ignore[assignment]
+    """Multiplies cos and sin. Default: 0.1 ln(factor) + 1 (a config.json's `mscale` and
+    `mscale_all_dim` are resolved into it when read)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_attention_factor(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("attention_factor") is None:
+            factor = data.get("factor")
+            if isinstance(factor, (int, float)) and not isinstance(factor, bool):
+                data = dict(data) | {"attention_factor": yarn_mscale(float(factor))}
+        return data
+
+
+class LongRopeScaling(_Frozen):
+    """LongRoPE (Ding et al. 2024, arXiv:2402.13753): each frequency divided by its own factor,
+    `short_factor` while the sequence (highest position + 1) is at most
+    `original_max_position_embeddings`, `long_factor` beyond; cos and sin are multiplied by
+    `attention_factor`. transformers `_compute_longrope_parameters` and `dynamic_rope_update`."""
+
+    type: Literal["longrope"] = "longrope"
+    short_factor: Annotated[tuple[PositiveFloat, ...], Field(min_length=1, max_length=MAX_HEADS)]
+    long_factor: Annotated[tuple[PositiveFloat, ...], Field(min_length=1, max_length=MAX_HEADS)]
+    original_max_position_embeddings: PositiveInt
+    factor: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    """Context extension ratio; only sets the default attention_factor. A config.json without it
+    gives max_position_embeddings / original_max_position_embeddings, as transformers does."""
+    attention_factor: PositiveFloat = Field(default=None, validate_default=False)  # type: ignore[assignment]
+    """Multiplies cos and sin. Default: sqrt(1 + ln(factor) / ln(original)), 1 for factor <= 1."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_attention_factor(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("attention_factor") is None:
+            factor, original = data.get("factor"), data.get("original_max_position_embeddings")
+            numbers = all(isinstance(v, (int, float)) and v > 0 for v in (factor, original))
+            if numbers and original > 1:
+                value = 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(original))
+                data = dict(data) | {"attention_factor": value}
+        return data
+
+    @model_validator(mode="after")
+    def _check_lengths(self) -> LongRopeScaling:
+        if len(self.short_factor) != len(self.long_factor):
+            raise ValueError(
+                f"short_factor has {len(self.short_factor)} entries, long_factor "
+                f"{len(self.long_factor)}: one per frequency (head_dim / 2) each"
+            )
+        return self
+
+
+class DynamicRopeScaling(_Frozen):
+    """Dynamic NTK scaling (transformers `_compute_dynamic_ntk_parameters`): past
+    max_position_embeddings, the base grows with the current sequence length; up to it the
+    frequencies are the unscaled ones."""
+
+    type: Literal["dynamic"] = "dynamic"
+    factor: Annotated[float, Field(ge=1, allow_inf_nan=False)]
+
+
+RopeScaling = Annotated[
+    LinearRopeScaling | Llama3RopeScaling | YarnRopeScaling | LongRopeScaling | DynamicRopeScaling,
+    Field(discriminator="type"),
+]
 
 
 class TrainingSpec(_Frozen):
@@ -374,6 +459,12 @@ class ModelSpec(_Frozen):
             )
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_kv_heads ({self.n_kv_heads}) must divide n_heads ({self.n_heads})")
+        scaling = self.rope_scaling
+        if isinstance(scaling, LongRopeScaling) and len(scaling.short_factor) != self.head_dim // 2:
+            raise ValueError(
+                f"rope_scaling.short_factor has {len(scaling.short_factor)} entries; LongRoPE "
+                f"needs one per frequency, head_dim / 2 = {self.head_dim // 2}"
+            )
         return self
 
     @model_validator(mode="after")
@@ -445,8 +536,10 @@ class ModelSpec(_Frozen):
         """Mixed-precision AdamW state: bf16 weights and grads, fp32 master, two fp32 moments."""
         return (2 + 2 + 4 + 4 + 4) * self.param_count
 
-    def rope_inv_freq(self) -> list[float]:
-        """Inverse frequencies theta^(-2i/head_dim) after scaling, as float64 Python numbers."""
+    def rope_inv_freq(self, long: bool = False) -> list[float]:
+        """Inverse frequencies theta^(-2i/head_dim) after scaling, as float64 Python numbers
+        (LongRoPE: the short factors, or the long ones with `long`). Dynamic NTK: the unscaled
+        frequencies, which are its frequencies up to max_seq_len."""
         half = self.head_dim // 2
         inv = [self.rope_theta ** (-2 * i / self.head_dim) for i in range(half)]
         scaling = self.rope_scaling
@@ -454,6 +547,11 @@ class ModelSpec(_Frozen):
             return [f / scaling.factor for f in inv]
         if isinstance(scaling, Llama3RopeScaling):
             return [_llama3_scale(f, scaling) for f in inv]
+        if isinstance(scaling, YarnRopeScaling):
+            return _yarn_scale(inv, self.rope_theta, self.head_dim, scaling)
+        if isinstance(scaling, LongRopeScaling):
+            factors = scaling.long_factor if long else scaling.short_factor
+            return [f / e for f, e in zip(inv, factors, strict=True)]
         return inv
 
     def input_fields(self, exclude: frozenset[str] = frozenset()) -> dict[str, Any]:
@@ -467,6 +565,12 @@ class ModelSpec(_Frozen):
         if self.head_dim_is_derived:
             data.pop("head_dim", None)
         return data
+
+    def rope_attention_factor(self) -> float:
+        """What cos and sin are multiplied by (YaRN and LongRoPE; 1 for the other kinds)."""
+        if isinstance(self.rope_scaling, YarnRopeScaling | LongRopeScaling):
+            return self.rope_scaling.attention_factor
+        return 1.0
 
     def canonical_json(self) -> str:
         """The whole spec as sorted JSON (input_fields, training included): what a build is
@@ -493,3 +597,25 @@ def _llama3_scale(freq: float, s: Llama3RopeScaling) -> float:
         s.high_freq_factor - s.low_freq_factor
     )
     return (1 - smooth) * freq / s.factor + smooth * freq
+
+
+def _yarn_scale(inv: list[float], theta: float, head_dim: int, s: YarnRopeScaling) -> list[float]:
+    """YaRN's blend of interpolated (inv / factor) and original frequencies: dimension pair i
+    keeps its original frequency below the ramp (fast rotations) and is interpolated above it."""
+
+    def correction_dim(rotations: float) -> float:
+        # the pair index whose wavelength fits `rotations` times in the original context
+        original = s.original_max_position_embeddings
+        return head_dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = correction_dim(s.beta_fast), correction_dim(s.beta_slow)
+    if s.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, head_dim - 1)
+    if low == high:
+        high += 0.001  # as transformers does, so the ramp has a width
+    out = []
+    for i, f in enumerate(inv):
+        ramp = min(max((i - low) / (high - low), 0.0), 1.0)
+        out.append(f / s.factor * ramp + f * (1 - ramp))
+    return out

@@ -4,17 +4,33 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from spec import DType, LinearRopeScaling, Llama3RopeScaling, ModelSpec, TrainingSpec
+from spec import (
+    DType,
+    LinearRopeScaling,
+    Llama3RopeScaling,
+    ModelSpec,
+    TrainingSpec,
+    YarnRopeScaling,
+)
 
 
 @st.composite
-def rope_scalings(draw: st.DrawFn) -> LinearRopeScaling | Llama3RopeScaling | None:
-    kind = draw(st.sampled_from(["none", "linear", "llama3"]))
+def rope_scalings(
+    draw: st.DrawFn,
+) -> LinearRopeScaling | Llama3RopeScaling | YarnRopeScaling | None:
+    """Every kind all targets run (longrope, which Cerebras refuses, has tests/test_rope_types)."""
+    kind = draw(st.sampled_from(["none", "linear", "llama3", "yarn"]))
     if kind == "none":
         return None
     factor = draw(st.sampled_from([2.0, 8.0, 32.0]))
     if kind == "linear":
         return LinearRopeScaling(factor=factor)
+    if kind == "yarn":
+        return YarnRopeScaling(
+            factor=factor,
+            original_max_position_embeddings=draw(st.sampled_from([16, 32, 64])),
+            truncate=draw(st.booleans()),
+        )
     high = draw(st.sampled_from([2.0, 4.0]))
     return Llama3RopeScaling(
         factor=factor,

@@ -148,12 +148,6 @@ def test_show_prints_the_parameter_count_transformers_builds(name):
     assert round(count / unit, decimals) == value, f"{count:,} is not the stated size"
 
 
-# Checkpoint dtypes `show` does not yet report as transformers reads them: a float16 config.json
-# (LLaMA 1 HF, Llama 2, OpenLLaMA) is read as bfloat16 today. Issue 13 asks for float16 to be
-# built as float16 or refused (helper h13d); empty this set when it is.
-DTYPES_NOT_YET_KEPT = {"float16"}
-
-
 def ours_and_theirs(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The fields `show --json` prints for `path`, beside transformers' reading of the same key."""
     ours = json.loads(run_cli("show", "--spec", str(path), "--json"))
@@ -183,7 +177,7 @@ def ours_and_theirs(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         "pad_token_id": None if (config.pad_token_id or 0) < 0 else config.pad_token_id,
     }
     dtype = str(config.dtype).removeprefix("torch.") if config.dtype is not None else None
-    if dtype is not None and dtype not in DTYPES_NOT_YET_KEPT:
+    if dtype is not None:
         theirs["dtype"] = dtype
     return {key: ours[key] for key in theirs}, theirs
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import yaml
@@ -20,6 +21,7 @@ from ..base import (
     Rendered,
     SpecContext,
     TemplateContext,
+    refuse_rope_scaling,
 )
 from ..tables import TableContext
 from .mapping import CheckpointLayout
@@ -123,6 +125,11 @@ def training_context(spec: ModelSpec) -> TrainingContext:
         raise OptionError(
             f"training.warmup_steps ({t.warmup_steps}) must be below the run's "
             f"{t.total_steps} steps (total_tokens / batch_tokens)"
+        )
+    if t.precision is DType.float16:
+        raise OptionError(
+            "training.precision float16: train.py does not scale the loss, which float16's "
+            "narrow exponent range needs; use bfloat16 (or cbfloat16 through cszoo fit)"
         )
     mixed = t.precision is not DType.float32
     return TrainingContext(
@@ -280,6 +287,20 @@ def check_expressible(spec: ModelSpec) -> None:
         )
 
 
+def check_yarn_expressible(spec: ModelSpec) -> None:
+    """The Model Zoo's YaRN scales cos and sin by mscale_a * ln(factor) + mscale_b, and by 1
+    whatever those say when factor <= 1: the params YAML gives the spec's attention_factor as
+    mscale_b with mscale_a 0, which says it exactly unless factor is 1 (OptionError then)."""
+    scaling = spec.rope_scaling
+    if scaling is None or scaling.type != "yarn":
+        return
+    if scaling.factor <= 1 and scaling.attention_factor != 1:
+        raise OptionError(
+            f"rope_scaling yarn with factor {scaling.factor} and attention_factor "
+            f"{scaling.attention_factor}: the Model Zoo scales cos and sin by 1 when factor <= 1"
+        )
+
+
 class CerebrasBackend:
     name = "cerebras"
     description = (
@@ -289,8 +310,23 @@ class CerebrasBackend:
     accepts: frozenset[str] = frozenset({"parallel"})
     filters: ClassVar[dict[str, Any]] = {"yaml": yaml_scalar}
 
+    # RoPE scaling kinds the Model Zoo cannot express as transformers runs them (its
+    # RotaryPositionEmbeddingHelper, 2.10: pos_scaling_type linear, yarn, llama3, longrope).
+    refused_rope: Mapping[str, str] = MappingProxyType(
+        {
+            "dynamic": "the Model Zoo has no dynamic NTK scaling (its pos_scaling_type is "
+            "linear, yarn, llama3 or longrope)",
+            "longrope": "the Model Zoo's longrope picks one factor set when the model is built "
+            "(long_factor when max_position_embeddings > original_max_position_embeddings), "
+            "while transformers switches between short_factor and long_factor with each "
+            "sequence's length",
+        }
+    )
+
     def plan(self, spec: ModelSpec, options: BuildOptions) -> list[Artifact]:
         check_expressible(spec)
+        refuse_rope_scaling(spec, self.refused_rope)
+        check_yarn_expressible(spec)
         model = model_context(spec, options)
         config = ConfigContext(
             model.spec,

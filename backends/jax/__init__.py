@@ -7,11 +7,21 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from spec import ModelSpec
 
-from ..base import CHECKED_READER, Artifact, BuildOptions, Rendered, SpecContext, TemplateContext
+from ..base import (
+    CHECKED_READER,
+    DYNAMIC_NTK_LIMIT,
+    Artifact,
+    BuildOptions,
+    Rendered,
+    SpecContext,
+    TemplateContext,
+    refuse_rope_scaling,
+)
 from ..tables import TableContext
 from .sharding import sharding_context
 
@@ -50,7 +60,11 @@ class JaxBackend:
     accepts: frozenset[str] = frozenset({"parallel"})
     filters: ClassVar[dict[str, Any]] = {}
 
+    # RoPE scaling kinds this target cannot run, with the reason (backends.base).
+    refused_rope: Mapping[str, str] = MappingProxyType({"dynamic": DYNAMIC_NTK_LIMIT})
+
     def plan(self, spec: ModelSpec, options: BuildOptions) -> list[Artifact]:
+        refuse_rope_scaling(spec, self.refused_rope)
         context = JaxContext(
             SpecContext.of(spec, options),
             ShardingContext(**sharding_context(spec, options)),

@@ -1,7 +1,7 @@
 """The ONNX target: prefill and KV-cache decode graphs built from the spec, weights by reference.
 
 Weights are never materialised. Without `--weights` every initializer is declared as external
-data in `model.onnx.data` (a float32 or bfloat16 layout described by the graph itself) to be
+data in `model.onnx.data` (a float32, bfloat16 or float16 layout described by the graph itself) to be
 bound later; with `--weights` each initializer points at its tensor's byte range inside the
 checkpoint's .safetensors files, so binding a 65B model reads only the headers. `--embed-weights`
 copies the checkpoint's bytes into the graphs instead (into `model.onnx.data` past 2 GB).
@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
 from spec import DType, ModelSpec
@@ -26,6 +28,7 @@ from ..base import (
     Rendered,
     SpecContext,
     TemplateContext,
+    refuse_rope_scaling,
 )
 from ..checked_reader import shown
 from ..tables import TableContext
@@ -44,7 +47,7 @@ DATA_FILE = "model.onnx.data"
 ALIGNMENT = 4096  # external data offsets in DATA_FILE are page-aligned
 # A protobuf message is at most 2 GiB; leave room for the graph next to the weights.
 INLINE_LIMIT = 2**31 - 2**26
-SAFETENSORS_DTYPE = {DType.float32: "F32", DType.bfloat16: "BF16"}
+SAFETENSORS_DTYPE = {DType.float32: "F32", DType.bfloat16: "BF16", DType.float16: "F16"}
 DTYPE_NAMES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 ORT_MIN_VERSION = "1.23"
 ORT_TESTED_VERSION = "1.31.1"
@@ -214,7 +217,17 @@ class OnnxBackend:
     accepts: frozenset[str] = frozenset({"weights", "embed_weights"})
     filters: ClassVar[dict[str, Any]] = {}
 
+    # RoPE scaling kinds this target cannot run, with the reason (backends.base).
+    refused_rope: Mapping[str, str] = MappingProxyType(
+        {
+            "dynamic": "dynamic NTK scaling recomputes the frequencies from each sequence's "
+            "length past max_position_embeddings ({max_seq_len}), and transformers keeps the "
+            "largest length seen across calls; the graphs hold one fixed set of frequencies"
+        }
+    )
+
     def plan(self, spec: ModelSpec, options: BuildOptions) -> list[Artifact]:
+        refuse_rope_scaling(spec, self.refused_rope)
         data: bytes | None = None
         if options.weights is None:
             if options.embed_weights:

@@ -102,21 +102,44 @@ def tensor_info(name: str, dtype: int, shape: list[int | str]) -> ValueInfoProto
     return helper.make_tensor_value_info(name, dtype, shape)
 
 
-def inv_frequencies(spec: ModelSpec) -> np.ndarray:
-    return np.array(spec.rope_inv_freq(), dtype=np.float64)
+def inv_frequencies(spec: ModelSpec, long: bool = False) -> np.ndarray:
+    return np.array(spec.rope_inv_freq(long), dtype=np.float64)
+
+
+def scaled_inv_frequencies(g: GraphBuilder, spec: ModelSpec) -> str:
+    """The RoPE inverse frequencies (head_dim / 2,), float64. LongRoPE: the long factors' once
+    the sequence (the highest of position_ids + 1) passes original_max_position_embeddings, the
+    short ones' until then, for every position of the call (transformers'
+    `longrope_frequency_update`)."""
+    inv_freq = g.constant("rope.inv_freq", inv_frequencies(spec))  # (head_dim / 2,), float64
+    scaling = spec.rope_scaling
+    if scaling is None or scaling.type != "longrope":
+        return inv_freq
+    highest = g.op("ReduceMax", ["position_ids"], "rope.highest_position", keepdims=0)
+    end = g.op("Add", [highest, g.constant("rope.one", np.array(1, dtype=np.int64))], "rope.end")
+    original = np.array(scaling.original_max_position_embeddings, dtype=np.int64)
+    is_long = g.op("Greater", [end, g.constant("rope.original_len", original)], "rope.is_long")
+    long_freq = g.constant("rope.inv_freq_long", inv_frequencies(spec, long=True))
+    return g.op("Where", [is_long, long_freq, inv_freq], "rope.inv_freq_used")
 
 
 def rope_tables(g: GraphBuilder, spec: ModelSpec) -> tuple[str, str]:
-    """cos and sin (batch, seq, head_dim / 2) at each row's positions (input position_ids)."""
+    """cos and sin (batch, seq, head_dim / 2) at each row's positions (input position_ids),
+    times YaRN's or LongRoPE's attention factor."""
     positions = g.op("Cast", ["position_ids"], "positions.float64", to=TensorProto.DOUBLE)
     axis_last = g.constant("axis_last", np.array([-1], dtype=np.int64))
     positions = g.op("Unsqueeze", [positions, axis_last], "positions.column")  # (B, T, 1)
-    inv_freq = g.constant("rope.inv_freq", inv_frequencies(spec))  # (head_dim / 2,), float64
+    inv_freq = scaled_inv_frequencies(g, spec)  # (head_dim / 2,), float64
     angles = g.op("Mul", [positions, inv_freq], "rope.angles")  # (B, T, head_dim / 2), float64
     tables = []
     for fn in ("Cos", "Sin"):
         name = "rope." + fn.lower()
         table = g.op(fn, [angles], name + ".float64")
+        if spec.rope_attention_factor() != 1:  # YaRN, LongRoPE: cos and sin are scaled
+            factor = np.array(spec.rope_attention_factor(), dtype=np.float64)
+            table = g.op(
+                "Mul", [table, g.constant("rope.attention_factor", factor)], name + ".scaled"
+            )
         tables.append(g.op("Cast", [table], name, to=TensorProto.FLOAT))
     return tables[0], tables[1]
 

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from spec import ModelSpec
 
-from ..base import CHECKED_READER, Artifact, BuildOptions, Rendered, SpecContext, TemplateContext
+from ..base import (
+    CHECKED_READER,
+    DYNAMIC_NTK_LIMIT,
+    Artifact,
+    BuildOptions,
+    Rendered,
+    SpecContext,
+    TemplateContext,
+    refuse_rope_scaling,
+)
 from ..tables import TableContext
 from .parallel import ParallelContext, parallel_context
 
@@ -37,7 +48,11 @@ class TorchBackend:
     accepts: frozenset[str] = frozenset({"parallel"})
     filters: ClassVar[dict[str, Any]] = {}
 
+    # RoPE scaling kinds this target cannot run, with the reason (backends.base).
+    refused_rope: Mapping[str, str] = MappingProxyType({"dynamic": DYNAMIC_NTK_LIMIT})
+
     def plan(self, spec: ModelSpec, options: BuildOptions) -> list[Artifact]:
+        refuse_rope_scaling(spec, self.refused_rope)
         context = TorchContext(
             SpecContext.of(spec, options),
             parallel_context(spec, options),

@@ -43,6 +43,10 @@ def weights_as_held(weights: dict[str, np.ndarray], dtype: str) -> dict[str, np.
     """The weights a model of `dtype` actually holds after loading: the oracle's fair input."""
     if dtype == "float32":
         return weights
+    if dtype == "float16":  # IEEE half, round to nearest even, as numpy and torch cast
+        return {
+            name: value.astype(np.float16).astype(np.float32) for name, value in weights.items()
+        }
     return {name: round_to_bfloat16(value) for name, value in weights.items()}
 
 
