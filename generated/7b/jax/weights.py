@@ -21,14 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from .checkpoint_files import (
-    TORCH_FLOAT_CODES,
     CheckpointError,
-    bin_tied_head,
     check_hf_config,
     check_names_and_shapes,
     checkpoint_files,
     is_bin,
-    load_bin_files,
     read_header,
     shown,
     stores_tied_head,
@@ -181,7 +178,7 @@ def read_safetensors(
 
 BIN_NEEDS_TORCH = (
     "reading pytorch_model.bin needs torch (pip install torch), or save the checkpoint as "
-    "safetensors first (transformers: LlamaForCausalLM.from_pretrained(FOLDER).save_pretrained(OUT))"
+    "safetensors (transformers: LlamaForCausalLM.from_pretrained(FOLDER).save_pretrained(OUT))"
 )
 
 
@@ -195,6 +192,8 @@ def read_bin(
         import torch
     except ImportError:
         raise CheckpointError(f"{shown(files[0])}: {BIN_NEEDS_TORCH}") from None
+    from .checkpoint_files import TORCH_FLOAT_CODES, bin_tied_head, load_bin_files  # torch's path
+
     tensors = load_bin_files(files, files[0].parent)
     head, embedding = "lm_head.weight", "model.embed_tokens.weight"
     if tied and bin_tied_head(tensors, head, embedding):
