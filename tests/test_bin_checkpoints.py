@@ -139,6 +139,15 @@ def test_bin_checkpoint_binds_to_onnx_with_embedded_weights(built, form, tmp_pat
     assert "--embed-weights" in message and "pytorch_model.bin" in message
 
 
+def test_verify_runs_every_target_on_a_bin_checkpoint(built):
+    """`verify --weights` reads the .bin for its float64 oracle, and every target passes on it."""
+    _, folders, out = built
+    result = invoke("verify", str(out), "--weights", str(folders["sharded"]), "--seq", "8")
+    assert result.exit_code == 0, result.output
+    for target in ("torch", "jax", "onnx"):
+        assert target in result.output
+
+
 @pytest.mark.parametrize("form", ["single", "sharded"])
 def test_bin_checkpoint_converts_to_cerebras_and_back_bit_exactly(built, form, tmp_path):
     """Both converters: `codegen convert` and the emitted convert.py; the round trip gives back
