@@ -171,6 +171,29 @@ def test_bin_checkpoint_converts_to_cerebras_and_back_bit_exactly(built, form, t
     assert all(torch.equal(hf[name], t) for name, t in state.items())
 
 
+def test_bfloat16_bin_reads_bit_exactly(built, tmp_path):
+    """bfloat16 has no numpy dtype: the JAX loader views its bits; the converters copy them.
+    Right values: torch's own bfloat16 -> float32 widening, and the saved tensors themselves."""
+    reference, folders, out = built
+    state = {name: t.to(torch.bfloat16) for name, t in reference.state_dict().items()}
+    (tmp_path / "w").mkdir()
+    file = tmp_path / "w" / "pytorch_model.bin"
+    torch.save(state, file)
+    jax_package = import_package(out / "jax")
+    held = jax_package.to_hf(jax_package.load_checkpoint(file))  # float32 params
+    for name, tensor in state.items():
+        np.testing.assert_array_equal(held[name], tensor.float().numpy())
+    cs, back = tmp_path / "cs.safetensors", tmp_path / "hf"
+    spec = str(folders["single"])
+    result = invoke("convert", "--to", "cerebras", "--spec", spec, str(file), str(cs))
+    assert result.exit_code == 0, result.output
+    result = invoke("convert", "--to", "hf", "--spec", spec, str(cs), str(back))
+    assert result.exit_code == 0, result.output
+    round_trip = load_file(back / "model.safetensors")
+    assert all(torch.equal(round_trip[name], t) for name, t in state.items())
+    assert {t.dtype for t in round_trip.values()} == {torch.bfloat16}
+
+
 def test_tied_bin_checkpoint_stores_the_head_and_loads(tmp_path):
     """A tied model saved by torch.save keeps lm_head.weight beside the embedding (one storage):
     accepted as equal in every loader; a differing head is refused naming both tensors."""
