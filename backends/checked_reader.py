@@ -392,6 +392,9 @@ TORCH_FLOAT_CODES = {
 }  # fmt: skip
 
 
+TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
 def load_bin(file: Path) -> dict:
     """One pickled torch checkpoint file as {name: tensor}, read by
     `torch.load(map_location="cpu", weights_only=True, mmap=True)`: tensors and plain
@@ -408,7 +411,10 @@ def load_bin(file: Path) -> dict:
     except OSError as exc:
         raise CheckpointError(f"{shown(file)}: cannot read ({shown(exc.strerror)})") from None
     except Exception as exc:  # noqa: BLE001 - unpickling refusals come as many error types
-        lines = str(exc).strip().splitlines()
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        # torch's refusal wraps its reason (e.g. "unsupported GLOBAL posix.system") in
+        # boilerplate lines: name the reason
+        lines = [line for line in lines if not line.startswith(TORCH_BOILERPLATE)] or lines
         reason = shown(lines[0])[:200] if lines else type(exc).__name__
         raise CheckpointError(
             f"{shown(file)}: refused, not a plain tensor checkpoint ({reason})"

@@ -265,6 +265,8 @@ def test_hostile_pickle_is_refused_everywhere_and_runs_nothing(built, form, tmp_
     ) as e:
         package.load_checkpoint(package.Model(), folder)
     assert "\n" not in str(e.value)
+    if form == "zip":  # the reason named is what the pickle asked for, not torch's boilerplate
+        assert "posix.system" in str(e.value), e.value
     jax_package = import_package(out / "jax")
     with pytest.raises(jax_package.CheckpointError, match="refused"):
         jax_package.load_checkpoint(folder)
