@@ -20,6 +20,11 @@ Zero-size shapes ([0], [3, 0]) are valid safetensors, as are scalars (shape []).
 Shard paths from `model.safetensors.index.json` (and `*.safetensors` found in the folder) stay
 inside the checkpoint folder: no absolute paths, no `..`, no symlink leading out, except the
 Hugging Face cache layout, where `snapshots/<revision>/<file>` links into `../../blobs/`.
+
+Checkpoints that transformers 4.28-4.34 saved by default, `pytorch_model.bin` or shards named by
+`pytorch_model.bin.index.json`, are read too (safetensors preferred when a folder has both, as
+transformers prefers them), by `torch.load(weights_only=True)`: tensors and plain containers,
+never code. torch is imported only then, so the rest of this module needs the standard library.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ MAX_HEADER_BYTES = 100_000_000  # safetensors' MAX_HEADER_SIZE
 MAX_DEPTH = 127  # serde_json's recursion limit (128) refuses the 128th nested level
 U64_MAX = 2**64 - 1
 INDEX_FILE = "model.safetensors.index.json"
+BIN_FILE = "pytorch_model.bin"  # transformers' WEIGHTS_NAME: its default format before 4.35
+BIN_INDEX_FILE = "pytorch_model.bin.index.json"  # transformers' WEIGHTS_INDEX_NAME
 MAX_INDEX_BYTES = 64 * 2**20  # an index of a 1T-parameter model is a few hundred kilobytes
 # Every dtype of safetensors 0.8, with its size in bits.
 DTYPE_BITS = {
@@ -301,8 +308,20 @@ def shard_path(folder: Path, name: object, where: str) -> Path:
     return path
 
 
-def read_index(index: Path) -> list[str]:
-    """The shard names of a model.safetensors.index.json, in sorted order, checked for shape."""
+def _unique_pairs(pairs: list[tuple[str, object]]) -> dict:
+    """json.loads' object hook refusing a key given twice (Python keeps the last silently)."""
+    seen: dict = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"key {shown(repr(key))} given twice")
+        seen[key] = value
+    return seen
+
+
+def read_weight_map(index: Path) -> dict[str, str]:
+    """The weight_map (tensor name -> shard file name) of a model.safetensors.index.json or
+    pytorch_model.bin.index.json: bounded in size and nesting, every tensor name mapped once,
+    every value a string (shard_path checks where it points)."""
     try:
         if index.stat().st_size > MAX_INDEX_BYTES:
             raise CheckpointError(f"{shown(index)}: larger than {MAX_INDEX_BYTES} bytes")
@@ -310,13 +329,15 @@ def read_index(index: Path) -> list[str]:
             raw = handle.read(MAX_INDEX_BYTES + 1)
     except OSError as exc:
         raise CheckpointError(f"{shown(index)}: cannot read ({shown(exc.strerror)})") from None
+    kind = "pytorch_model.bin" if index.name.endswith(".bin.index.json") else "safetensors"
     try:
         text = raw.decode("utf-8")
         if _nesting_depth(text) > MAX_DEPTH:
             raise ValueError(f"nests deeper than {MAX_DEPTH} levels")
-        weight_map = json.loads(text, parse_constant=_parse_constant)["weight_map"]
+        loaded = json.loads(text, parse_constant=_parse_constant, object_pairs_hook=_unique_pairs)
+        weight_map = loaded["weight_map"]
     except (ValueError, KeyError, TypeError, IndexError) as exc:
-        raise CheckpointError(f"{shown(index)}: not a safetensors index ({shown(exc)})") from None
+        raise CheckpointError(f"{shown(index)}: not a {kind} index ({shown(exc)})") from None
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{shown(index)}: weight_map is not a non-empty mapping")
     bad = [name for name in weight_map.values() if not isinstance(name, str)]
@@ -324,12 +345,25 @@ def read_index(index: Path) -> list[str]:
         raise CheckpointError(
             f"{shown(index)}: weight_map value {shown(repr(bad[0]))} is not a file name"
         )
-    return sorted(set(weight_map.values()))
+    return weight_map
+
+
+def read_index(index: Path) -> list[str]:
+    """The shard names of a checkpoint index, in sorted order, checked (read_weight_map)."""
+    return sorted(set(read_weight_map(index).values()))
+
+
+def is_bin(file: Path) -> bool:
+    """Whether `file` is a pickled torch checkpoint (pytorch_model.bin or one of its shards)."""
+    return Path(file).suffix == ".bin"
 
 
 def checkpoint_files(path: Path) -> tuple[Path, list[Path]]:
-    """The checkpoint folder and its .safetensors files: one file given, the shards an index names,
-    or every *.safetensors in the folder; each shard path checked by shard_path."""
+    """The checkpoint folder and its weight files, in transformers' order of preference: one file
+    given (.safetensors, or .bin), the shards model.safetensors.index.json names, every
+    *.safetensors in the folder, pytorch_model.bin, or the shards pytorch_model.bin.index.json
+    names; each shard path checked by shard_path. Other *.bin files (training_args.bin) are
+    never weights."""
     path = Path(path)
     if path.is_file():
         return path.parent, [path]
@@ -338,9 +372,110 @@ def checkpoint_files(path: Path) -> tuple[Path, list[Path]]:
         names = read_index(index)
         return path, [shard_path(path, name, shown(index)) for name in names]
     files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"{shown(path)}: no .safetensors files")
-    return path, [shard_path(path, file.name, shown(path)) for file in files]
+    if files:
+        return path, [shard_path(path, file.name, shown(path)) for file in files]
+    if (path / BIN_FILE).is_file():
+        return path, [shard_path(path, BIN_FILE, shown(path))]
+    index = path / BIN_INDEX_FILE
+    if index.is_file():
+        names = read_index(index)
+        return path, [shard_path(path, name, shown(index)) for name in names]
+    raise CheckpointError(
+        f"{shown(path)}: no .safetensors files (nor {BIN_FILE} or {BIN_INDEX_FILE})"
+    )
+
+
+# torch dtypes a .bin checkpoint may hold, as safetensors codes (floats only: weights).
+TORCH_FLOAT_CODES = {
+    "torch.float64": "F64", "torch.float32": "F32", "torch.float16": "F16",
+    "torch.bfloat16": "BF16",
+}  # fmt: skip
+
+
+TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def load_bin(file: Path) -> dict:
+    """One pickled torch checkpoint file as {name: tensor}, read by
+    `torch.load(map_location="cpu", weights_only=True, mmap=True)`: tensors and plain
+    containers only, so a pickle that would run code is refused (CheckpointError, one line);
+    every value must be a floating-point tensor. mmap needs torch's zip format (torch >= 1.6,
+    every transformers >= 4.28 save); an older file is read the same safe way without it."""
+    import zipfile
+
+    import torch  # only here: the safetensors path needs the standard library only
+
+    try:
+        mapped = zipfile.is_zipfile(file)
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=mapped)
+    except OSError as exc:
+        raise CheckpointError(f"{shown(file)}: cannot read ({shown(exc.strerror)})") from None
+    except Exception as exc:  # noqa: BLE001 - unpickling refusals come as many error types
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        # torch's refusal wraps its reason (e.g. "unsupported GLOBAL posix.system") in
+        # boilerplate lines: name the reason
+        lines = [line for line in lines if not line.startswith(TORCH_BOILERPLATE)] or lines
+        reason = shown(lines[0])[:200] if lines else type(exc).__name__
+        raise CheckpointError(
+            f"{shown(file)}: refused, not a plain tensor checkpoint ({reason})"
+        ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{shown(file)}: holds a {type(state).__name__}, not tensors by name")
+    for name, tensor in state.items():
+        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"{shown(file)}: {shown(repr(name))[:80]} is not a named tensor")
+        if str(tensor.dtype) not in TORCH_FLOAT_CODES:
+            raise CheckpointError(
+                f"{shown(file)}: {shown(name)} has dtype {str(tensor.dtype)[6:]}, not a float"
+            )
+    return state
+
+
+def load_bin_files(files: list[Path], folder: Path) -> dict:
+    """Every tensor of the .bin files (load_bin); a tensor found in two files is refused, and
+    when a pytorch_model.bin.index.json names the shards, every tensor must be where it says,
+    and every tensor it maps must be found."""
+    tensors: dict = {}
+    owner: dict[str, Path] = {}
+    for file in files:
+        for name, tensor in load_bin(file).items():
+            if name in owner:  # which of the two would be meant?
+                raise CheckpointError(
+                    f"{shown(file)}: tensor {shown(name)} is also in {shown(owner[name].name)}"
+                )
+            tensors[name], owner[name] = tensor, file
+    index = folder / BIN_INDEX_FILE
+    if index.is_file() and [file.name for file in files] != [BIN_FILE]:
+        weight_map = read_weight_map(index)
+        for name, file in owner.items():
+            if weight_map.get(name) != file.name:
+                raise CheckpointError(
+                    f"{shown(index)}: maps {shown(name)} to {shown(repr(weight_map.get(name)))}, "
+                    f"but it is in {shown(file.name)}"
+                )
+        absent = sorted(set(weight_map) - set(owner))
+        if absent:
+            raise CheckpointError(f"{shown(index)}: {shown(absent[0])} is in no shard")
+    return tensors
+
+
+def bin_tied_head(tensors: dict, head: str, embedding: str) -> bool:
+    """stores_tied_head for tensors loaded from .bin files: whether `head` is stored, accepted
+    only when it has the embedding's dtype, shape and bits (else CheckpointError naming both)."""
+    if head not in tensors or embedding not in tensors:
+        return False
+    a, b = tensors[head], tensors[embedding]
+    if (a.dtype, tuple(a.shape)) != (b.dtype, tuple(b.shape)):
+        raise CheckpointError(
+            tied_head_differs(head, embedding) + f" ({str(a.dtype)[6:]} {list(a.shape)} "
+            f"against {str(b.dtype)[6:]} {list(b.shape)})"
+        )
+    import torch
+
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+    if not torch.equal(a.contiguous().view(bits), b.contiguous().view(bits)):
+        raise CheckpointError(tied_head_differs(head, embedding))
+    return True
 
 
 def read_checkpoint_headers(path: Path) -> tuple[Path, dict[Path, tuple[int, dict[str, Entry]]]]:
@@ -375,6 +510,8 @@ def stores_tied_head(files: list[Path], head: str, embedding: str) -> bool:
     and then ignored, only when it has the embedding's dtype, shape and bytes; otherwise one
     CheckpointError names both tensors (tied_head_differs). Headers are checked by read_header;
     the bytes are compared a chunk at a time."""
+    if any(is_bin(file) for file in files):
+        return bin_tied_head(load_bin_files(files, files[0].parent), head, embedding)
     where: dict[str, tuple[Path, int, Entry]] = {}
     for file in files:
         start, entries = read_header(file)

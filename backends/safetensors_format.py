@@ -4,11 +4,14 @@ A safetensors file is an 8-byte little-endian header length n, n bytes of JSON, 
 tensor `t` occupies bytes [8 + n + begin, 8 + n + end) of the file. Shared by the ONNX target
 (which binds graphs to these byte ranges) and the compiler's `convert` and `verify` commands.
 The checks themselves live in `checked_reader`, which the emitted loaders carry verbatim.
+A pytorch_model.bin checkpoint (transformers 4.28-4.34's default; sharded with
+pytorch_model.bin.index.json too) is read by checked_reader.load_bin (torch.load with
+weights_only=True, memory-mapped): its tensors come with their bytes in memory (TensorRef.data).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import checked_reader
@@ -33,6 +36,8 @@ class TensorRef:
     file: str  # relative to the checkpoint folder
     offset: int  # from the start of the file
     length: int
+    # the bytes themselves, when the file holds pickled tensors (.bin) rather than raw ranges
+    data: memoryview | None = field(default=None, compare=False, repr=False)
 
 
 def safetensors_files(path: Path) -> tuple[Path, list[Path]]:
@@ -61,10 +66,44 @@ def read_header(file: Path, folder: Path) -> list[TensorRef]:
     ]
 
 
+def read_bin(files: list[Path], folder: Path) -> list[TensorRef]:
+    """Every tensor of pickled torch files, loaded safely (checked_reader.load_bin_files), each
+    with its bytes in `data` (little-endian, as safetensors stores them)."""
+    import torch
+
+    try:
+        tensors = checked_reader.load_bin_files(files, folder)
+    except checked_reader.CheckpointError as exc:
+        raise CheckpointError(str(exc)) from None
+    # which file holds each tensor (for messages): the index says, as load_bin_files checked
+    index = folder / checked_reader.BIN_INDEX_FILE
+    sharded = index.is_file() and [file.name for file in files] != [checked_reader.BIN_FILE]
+    owner = checked_reader.read_weight_map(index) if sharded else {}
+    default = files[0].relative_to(folder).as_posix()
+    refs = []
+    for name, tensor in tensors.items():
+        raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+        refs.append(
+            TensorRef(
+                name,
+                checked_reader.TORCH_FLOAT_CODES[str(tensor.dtype)],
+                tuple(tensor.shape),
+                owner.get(name, default),
+                0,
+                raw.nbytes,
+                memoryview(raw),
+            )
+        )
+    return refs
+
+
 def read_headers(path: Path) -> tuple[Path, list[TensorRef]]:
     """The folder and every tensor of a checkpoint (file or folder), headers checked; a tensor
-    name found in two files is refused rather than one silently winning."""
+    name found in two files is refused rather than one silently winning. A .bin checkpoint's
+    tensors are loaded (read_bin)."""
     folder, files = safetensors_files(path)
+    if any(checked_reader.is_bin(file) for file in files):
+        return folder, read_bin(files, folder)
     refs: dict[str, TensorRef] = {}
     for file in files:
         for ref in read_header(file, folder):

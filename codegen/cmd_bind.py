@@ -25,7 +25,8 @@ Examples:
     "--weights",
     type=click.Path(path_type=Path, exists=True),
     required=True,
-    help="A Hugging Face safetensors checkpoint folder (or one .safetensors file).",
+    help="A Hugging Face checkpoint folder (or one .safetensors file); pytorch_model.bin "
+    "checkpoints need --embed-weights.",
 )
 @click.option("--embed-weights", is_flag=True, help="Copy the weights into the graphs instead.")
 @click.option("--force", is_flag=True, help="Rebind over edited files (kept as <name>.edited).")

@@ -2,7 +2,8 @@
 
 Works on the bytes of the safetensors files (any dtype, bfloat16 included) with the name table and
 q/k row order of spec.weights (via backends.cerebras.mapping), the same table the emitted convert.py prints; no
-framework is imported. For .mdl or .pt checkpoints use the emitted convert.py.
+framework is imported for them. A Hugging Face pytorch_model.bin (single or sharded) is read with
+torch.load(weights_only=True). For .mdl or .pt Cerebras checkpoints use the emitted convert.py.
 """
 
 from __future__ import annotations
@@ -60,12 +61,16 @@ class Tensor:
 
 def read_checkpoint(path: Path) -> dict[str, Tensor]:
     """One .safetensors file or a folder of them (sharded with an index too), every header
-    checked; the bytes are memory-mapped views, unmapped when the last view is dropped."""
+    checked; the bytes are memory-mapped views, unmapped when the last view is dropped. A
+    pytorch_model.bin (or its shards) is loaded by torch.load(weights_only=True) instead."""
     tensors: dict[str, Tensor] = {}
     try:
         folder, refs = read_headers(path)
         maps: dict[str, memoryview] = {}
         for ref in refs:
+            if ref.data is not None:  # a pytorch_model.bin tensor, loaded safely by torch
+                tensors[ref.name] = Tensor(ref.dtype, ref.shape, ref.data)
+                continue
             if ref.file not in maps:
                 with open(folder / ref.file, "rb") as handle:
                     mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
@@ -152,12 +157,13 @@ def check_output(dst: Path, sources: list[Path], force: bool) -> None:
 
 
 def source_files(src: Path) -> list[Path]:
-    """The files a conversion reads: the .safetensors files (and a folder's config.json)."""
+    """The files a conversion reads: the weight files (and a folder's config.json, index)."""
     try:
         folder, files = safetensors_files(src)
     except CheckpointError as exc:
         raise UserError(str(exc)) from None
-    return [*files, folder / "config.json", folder / "model.safetensors.index.json"]
+    indexes = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+    return [*files, folder / "config.json", *(folder / name for name in indexes)]
 
 
 def check_names(found: set[str], expected: set[str], what: str, path: Path) -> None:

@@ -106,7 +106,7 @@ SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2"}
 
 
 def read_checkpoint(path: Path) -> dict[str, np.ndarray]:
-    """All tensors of an HF safetensors checkpoint (folder or file) as float32, for the oracle.
+    """All tensors of an HF checkpoint (safetensors or pytorch_model.bin) as float32, for the oracle.
 
     Read from the format itself, so bfloat16 needs no framework: its bits are the top half of a
     float32's.
@@ -118,9 +118,12 @@ def read_checkpoint(path: Path) -> dict[str, np.ndarray]:
         for ref in refs:
             if ref.dtype not in SAFETENSORS_DTYPES:
                 raise UserError(f"{ref.file}: {ref.name!r} has unsupported dtype {ref.dtype}")
-            if ref.file not in data:
-                data[ref.file] = (folder / ref.file).read_bytes()
-            raw = data[ref.file][ref.offset : ref.offset + ref.length]
+            if ref.data is not None:  # a pytorch_model.bin tensor, loaded by torch (weights_only)
+                raw = bytes(ref.data)
+            else:
+                if ref.file not in data:
+                    data[ref.file] = (folder / ref.file).read_bytes()
+                raw = data[ref.file][ref.offset : ref.offset + ref.length]
             values = np.frombuffer(raw, SAFETENSORS_DTYPES[ref.dtype])
             if ref.dtype == "BF16":
                 values = (values.astype(np.uint32) << 16).view(np.float32)
@@ -156,7 +159,7 @@ INSTALL_EXTRA = {"torch": "torch", "jax": "jax", "onnx": "onnx", "cerebras": "to
 @click.option(
     "--weights",
     type=click.Path(path_type=Path, exists=True),
-    help="A Hugging Face safetensors checkpoint. Default: random weights drawn from the spec.",
+    help="A Hugging Face checkpoint (safetensors or pytorch_model.bin). Default: random weights.",
 )
 @click.option(
     "--seq", default=16, show_default=True, type=click.IntRange(1), help="Tokens per sequence."

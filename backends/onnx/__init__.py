@@ -4,7 +4,8 @@ Weights are never materialised. Without `--weights` every initializer is declare
 data in `model.onnx.data` (a float32, bfloat16 or float16 layout described by the graph itself) to be
 bound later; with `--weights` each initializer points at its tensor's byte range inside the
 checkpoint's .safetensors files, so binding a 65B model reads only the headers. `--embed-weights`
-copies the checkpoint's bytes into the graphs instead (into `model.onnx.data` past 2 GB).
+copies the checkpoint's bytes into the graphs instead (into `model.onnx.data` past 2 GB); it is
+the only way to bind a pytorch_model.bin checkpoint, whose tensors are pickled.
 """
 
 from __future__ import annotations
@@ -79,6 +80,12 @@ def referenced_weights(checkpoint: Checkpoint) -> dict[str, Weight]:
     refused here, saying so, rather than bound to graphs that cannot load. The locations written
     are plain relative names: never absolute, never `..`.
     """
+    if any(ref.data is not None for ref in checkpoint.tensors.values()):
+        raise CheckpointError(
+            f"{shown(checkpoint.folder)} holds pickled torch tensors (pytorch_model.bin), which "
+            "onnxruntime cannot read by reference: bind with --embed-weights (copies them into the "
+            "graphs), or bind a safetensors copy of the checkpoint"
+        )
     folder = os.path.realpath(checkpoint.folder)
     for file in sorted({ref.file for ref in checkpoint.tensors.values()}):
         real = os.path.realpath(checkpoint.folder / file)

@@ -2,7 +2,8 @@
 
 A safetensors file is an 8-byte little-endian header length n, n bytes of JSON, then the data:
 tensor `t` occupies bytes [8 + n + begin, 8 + n + end) of the file. No tensor is loaded here, so
-binding a 65B checkpoint reads a few hundred kilobytes.
+binding a 65B checkpoint reads a few hundred kilobytes. A pytorch_model.bin checkpoint holds
+pickled tensors instead: they are loaded (torch.load, weights_only) and can only be embedded.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class Checkpoint:
     tensors: dict[str, TensorRef]  # in the spec's order
 
     def read(self, ref: TensorRef) -> bytes:
+        if ref.data is not None:  # a pytorch_model.bin tensor, loaded by torch.load
+            return bytes(ref.data)
         with open(self.folder / ref.file, "rb") as handle:
             handle.seek(ref.offset)
             return handle.read(ref.length)

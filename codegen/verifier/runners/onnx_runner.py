@@ -1,6 +1,7 @@
 """The ONNX target in the equivalence harness: graphs bound to the checkpoint by reference, run
 by onnxruntime on CPU through the emitted run.py (forward: model.onnx; decode and generate:
-model_with_past.onnx)."""
+model_with_past.onnx). A pytorch_model.bin checkpoint, whose tensors onnxruntime cannot read by
+reference, is embedded instead."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backends import BuildOptions
+from backends import BuildOptions, checked_reader
 from spec import ModelSpec
 
 from ...build import MANIFEST
@@ -53,12 +54,22 @@ class OnnxRunner:
         return self.run.generate(self.with_past, tokens, max_new_tokens, eos_token_id=None)
 
 
+def pickled(checkpoint: Path) -> bool:
+    """Whether the checkpoint is pytorch_model.bin (or its shards); a checkpoint that cannot be
+    read says so when the graphs are bound."""
+    try:
+        return any(map(checked_reader.is_bin, checked_reader.checkpoint_files(checkpoint)[1]))
+    except checked_reader.CheckpointError:
+        return False
+
+
 class OnnxAdapter:
     target = "onnx"
     dtypes = ("float32",)  # the graphs compute in float32 whatever the weights' storage dtype
 
     def load(self, spec: ModelSpec, dtype: str, checkpoint: Path, workdir: Path) -> OnnxRunner:
-        folder = build_target(spec, "onnx", workdir, BuildOptions(weights=checkpoint))
+        options = BuildOptions(weights=checkpoint, embed_weights=pickled(checkpoint))
+        folder = build_target(spec, "onnx", workdir, options)
         return OnnxRunner(folder, checkpoint)
 
     def open(self, folder: Path, checkpoint: Path, workdir: Path) -> OnnxRunner:

@@ -13,6 +13,9 @@ both `transformer_decoder.norm` and `ln_f`.
 Tensors keep their dtype and values: a round trip is exact. A checkpoint saved by the Model Zoo's
 trainer (`cszoo fit`) names every tensor `model.<name>`: that one prefix is dropped when every name
 has it and the rest are exactly this model's names, never otherwise.
+Hugging Face weights are .safetensors (preferred) or, as transformers 4.28-4.34 saved them,
+pytorch_model.bin (sharded with pytorch_model.bin.index.json too), read by
+torch.load(weights_only=True): a pickle that would run code is refused.
 Checkpoints are read through checkpoint_files.py (the compiler's own checked reader): shard paths
 stay inside the folder, headers meet the safetensors library's rules, every name and shape is
 checked before a row moves, and a refusal is one line (exit code 2) with nothing written.
@@ -39,8 +42,11 @@ from torch import Tensor
 
 from checkpoint_files import (
     CheckpointError,
+    bin_tied_head,
     check_hf_config,
     checkpoint_files,
+    is_bin,
+    load_bin_files,
     read_header,
     shown,
     stores_tied_head,
@@ -310,12 +316,18 @@ def load_safetensors(files: list[Path]) -> dict[str, Tensor]:
 
 
 def load_hf(path: Path) -> dict[str, Tensor]:
-    """A Hugging Face folder (single or sharded safetensors) or one file; a config.json in that
+    """A Hugging Face folder (single or sharded safetensors, else pytorch_model.bin, single or
+    sharded) or one .safetensors or .bin file; a config.json in that
     folder, or beside that file, is checked against this model."""
     config = (path if path.is_dir() else path.parent) / "config.json"
     if config.is_file():
         check_hf_config(config, HF_CONFIG_VALUES, HF_DEFAULTS)
     files = checkpoint_files(path)[1]
+    if any(is_bin(file) for file in files):  # pytorch_model.bin or its shards
+        tensors = load_bin_files(files, files[0].parent)
+        if TIE_EMBEDDINGS:  # a tied head stored too must be bitwise equal to the embedding
+            bin_tied_head(tensors, TIED_HEAD, TIED_EMBEDDING)
+        return tensors
     if TIE_EMBEDDINGS:  # a tied head stored too must be bitwise equal to the embedding
         stores_tied_head(files, TIED_HEAD, TIED_EMBEDDING)
     return load_safetensors(files)
