@@ -86,9 +86,27 @@ def run_cli(*args: str) -> str:
     return result.output
 
 
+# What a Meta params.json leaves out and the release's model card states: the context length. Our
+# reader refuses to guess it (--max-seq-len gives it); transformers gets it as
+# max_position_embeddings, as its LLaMA conversion script is told it. Keyed by the folder.
+META_CONTEXT = {
+    "llama-7b": 2048,  # LLaMA 1
+    "llama-2-7b": 4096,  # Llama 2
+    "Meta-Llama-3-8B-original": 8192,  # Llama 3
+    "meta": TINY_CONTEXT,  # the tiny models' params.json
+}
+
+
+def spec_args(path: Path) -> list[str]:
+    """`--spec PATH`, and for a params.json the context length it does not state."""
+    if path.name != "params.json":
+        return ["--spec", str(path)]
+    return ["--spec", str(path), "--max-seq-len", str(META_CONTEXT[path.parent.name])]
+
+
 def shown_parameters(path: Path) -> int:
     """The `parameters` row of `python -m codegen show --spec PATH`."""
-    for line in run_cli("show", "--spec", str(path)).splitlines():
+    for line in run_cli("show", *spec_args(path)).splitlines():
         if line.startswith("parameters "):
             return int(line.split()[-1].replace(",", ""))
     raise AssertionError("show printed no parameters row")
@@ -123,7 +141,7 @@ def transformers_config(path: Path) -> LlamaConfig:
         num_key_value_heads=params.get("n_kv_heads", params["n_heads"]),
         rms_norm_eps=params["norm_eps"],
         rope_theta=params.get("rope_theta", 10000.0),
-        max_position_embeddings=params.get("max_seq_len", 2048),
+        max_position_embeddings=params.get("max_seq_len") or META_CONTEXT[path.parent.name],
     )
 
 
@@ -150,7 +168,7 @@ def test_show_prints_the_parameter_count_transformers_builds(name):
 
 def ours_and_theirs(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The fields `show --json` prints for `path`, beside transformers' reading of the same key."""
-    ours = json.loads(run_cli("show", "--spec", str(path), "--json"))
+    ours = json.loads(run_cli("show", *spec_args(path), "--json"))
     config = transformers_config(path)
     rope = dict(config.rope_parameters)
     theta = rope.pop("rope_theta")
@@ -328,7 +346,7 @@ def built(request, tmp_path_factory):
     case = tiny_case(request.param, root)
     with torch.no_grad():
         expected = case.reference(torch.from_numpy(case.tokens)).logits.numpy()
-    run_cli("build", "--spec", str(case.spec_file), "--target", "all", "--out", str(root / "out"))
+    run_cli("build", *spec_args(case.spec_file), "--target", "all", "--out", str(root / "out"))
     return request.param, case, expected, root
 
 
@@ -347,9 +365,9 @@ def test_tiny_model_converts_to_cerebras_and_back_bit_exactly(built):
     config.json written back computes the very logits of the original folder."""
     name, case, expected, root = built
     cs, back = root / "cs.safetensors", root / "back"
-    run_cli("convert", "--to", "cerebras", "--spec", str(case.spec_file), str(case.checkpoint),
+    run_cli("convert", "--to", "cerebras", *spec_args(case.spec_file), str(case.checkpoint),
             str(cs))  # fmt: skip
-    run_cli("convert", "--to", "hf", "--spec", str(case.spec_file), str(cs), str(back))
+    run_cli("convert", "--to", "hf", *spec_args(case.spec_file), str(cs), str(back))
     original = load_file(case.checkpoint / "model.safetensors")
     returned = load_file(back / "model.safetensors")
     assert returned.keys() == original.keys()
