@@ -80,8 +80,8 @@ def test_torch_and_jax_rope_tables_equal_float64_at_the_full_context(packages, n
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_onnx_rope_tables_equal_float64_at_the_full_context(name):
-    """The ONNX graphs' table nodes (backends/onnx/graph.rope_tables), run by onnxruntime on a
-    max_seq_len-token input."""
+    """The ONNX graphs' table nodes (backends/onnx/graph.rope_tables), run by onnxruntime on
+    position_ids 0 .. max_seq_len - 1."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -89,9 +89,9 @@ def test_onnx_rope_tables_equal_float64_at_the_full_context(name):
 
     spec = PRESETS[name]
     g = GraphBuilder()
-    outputs = rope_tables(g, spec, with_past=False)
+    outputs = rope_tables(g, spec)
     graph = helper.make_graph(
-        g.nodes, "rope", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, None])],
+        g.nodes, "rope", [helper.make_tensor_value_info("position_ids", TensorProto.INT64, [1, None])],
         [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
         initializer=g.initializers,
     )  # fmt: skip
@@ -99,7 +99,7 @@ def test_onnx_rope_tables_equal_float64_at_the_full_context(name):
         graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION
     )
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    ids = np.zeros((1, spec.max_seq_len), np.int64)
-    tables = session.run(None, {"input_ids": ids})
+    positions = np.arange(spec.max_seq_len, dtype=np.int64)[None]
+    tables = session.run(None, {"position_ids": positions})
     for table, reference in zip(tables, float64_tables(spec)):
         np.testing.assert_allclose(table[0], reference, rtol=0, atol=FLOAT32_ROUNDING)
