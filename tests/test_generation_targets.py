@@ -5,6 +5,11 @@ tests is tests/test_generation.py, whose batch and EOS choice they reuse)."""
 
 from __future__ import annotations
 
+import functools
+import re
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -332,3 +337,139 @@ def test_onnxruntime_genai_loads_the_folder_and_generates_transformers_tokens(re
             wanted = wanted[: wanted.index(eos, length)]  # before it (0.18 leaves eos out)
         assert tokens == wanted, row
     assert len(tokens) == LENGTHS[-1] + NEW_TOKENS  # the last row runs to the end
+
+
+# --- bad arguments: one-line ValueErrors, the same in torch, JAX and ONNX (issue 17) -----------
+
+
+@pytest.fixture(scope="module")
+def torch_model(reference, tmp_path_factory):
+    """The emitted torch Model, its weights loaded from the reference's folder."""
+    package = import_package(build_target(SPEC, "torch", tmp_path_factory.mktemp("torch")))
+    model = package.Model().eval()
+    package.load_checkpoint(model, reference[1])
+    return model
+
+
+@pytest.fixture(params=["torch", "jax", "onnx"])
+def generate(request):
+    """One target's generate(ids, max_new_tokens, **options) on numpy arrays, numpy out."""
+    if request.param == "torch":
+        import torch
+
+        model = request.getfixturevalue("torch_model")
+
+        def run(ids, new, attention_mask=None, **options):
+            mask = None if attention_mask is None else torch.from_numpy(attention_mask)
+            return model.generate(
+                torch.from_numpy(ids), new, attention_mask=mask, **options
+            ).numpy()
+
+    elif request.param == "jax":
+        package, params = request.getfixturevalue("jax_model")
+
+        def run(ids, new, **options):
+            return np.asarray(package.generate(params, ids, new, **options))
+
+    else:
+        module, session = request.getfixturevalue("onnx_model")
+
+        def run(ids, new, **options):
+            return module.generate(session, ids, new, **options)
+
+    return run
+
+
+def one_prompt() -> np.ndarray:
+    return padded_batch()[0][2:].numpy()  # (1, 30), no padding
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [([[0, 0, 1, 1], [0, 0, 0, 0]], "attention_mask row 1 has no tokens"),
+     ([[0, 1, 1, 1], [1, 1, 1, 0]], r"attention_mask row 1 is not left padding \(a 0 after a 1\): pad on the left"),
+     ([[1, 0, 1, 1], [1, 1, 1, 1]], r"attention_mask row 0 is not left padding \(a 0 after a 1\): pad on the left"),
+     ([[0, 2, 1, 1], [1, 1, 1, 1]], r"attention_mask must hold only 0 \(padding\) and 1 \(tokens\)")],
+)  # fmt: skip
+def test_a_mask_other_than_left_padding_is_a_one_line_error(generate, rows, message):
+    """An empty row or right padding would be positioned as left padding, silently giving other
+    tokens than transformers: refused, naming the row."""
+    ids = np.full((2, 4), 5, dtype=np.int64)
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        generate(ids, 2, attention_mask=np.array(rows, dtype=np.int64))
+
+
+def test_negative_max_new_tokens_is_a_one_line_error_and_0_returns_the_prompt(generate):
+    ids = one_prompt()
+    with pytest.raises(ValueError, match=r"^max_new_tokens must be at least 0, got -1$"):
+        generate(ids, -1)
+    assert generate(ids, 0).tolist() == ids.tolist()
+
+
+@pytest.mark.parametrize("bad", [-1, SPEC.vocab_size, SPEC.vocab_size + 7])
+def test_an_input_id_outside_the_vocabulary_is_a_one_line_error_naming_it(generate, bad):
+    ids = one_prompt()
+    ids[0, 3] = bad
+    vocabulary = rf"\[0, {SPEC.vocab_size}\)"
+    with pytest.raises(
+        ValueError, match=f"^input id {bad} is outside the vocabulary {vocabulary}$"
+    ):
+        generate(ids, 2)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"top_k": 0}, "top_k must be at least 1, got 0"),
+     ({"top_p": 0.0}, r"top_p must be in \(0, 1\], got 0.0"),
+     ({"top_p": 1.5}, r"top_p must be in \(0, 1\], got 1.5"),
+     ({"temperature": -1.0}, r"temperature must be at least 0, got -1.0")],
+)  # fmt: skip
+@pytest.mark.parametrize("target", ["torch", "jax"])
+def test_bad_sampling_options_are_one_line_errors_in_torch_and_jax(
+    request, target, options, message
+):
+    ids = one_prompt()
+    options = {"temperature": 1.0} | options
+    if target == "torch":
+        import torch
+
+        call = functools.partial(
+            request.getfixturevalue("torch_model").generate, torch.from_numpy(ids)
+        )
+    else:
+        package, params = request.getfixturevalue("jax_model")
+        call = functools.partial(package.generate, params, ids, key=jax.random.key(0))
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        call(4, **options)
+
+
+def test_a_numpy_integer_eos_is_one_id(reference, generate):
+    """eos_token_id=np.int64(eos), as read from a numpy array: transformers' tokens, as for [eos]."""
+    ids, mask = padded_batch()
+    eos = early_eos(reference[0], ids, mask)
+    ours = generate(
+        ids.numpy(),
+        NEW_TOKENS,
+        attention_mask=mask.numpy(),
+        eos_token_id=np.int64(eos),
+        pad_token_id=1,
+    )
+    assert_rows_equal(ours, theirs(reference[0], eos, 1))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [(["--ids", "1", "-2"], rf"--ids: input id -2 is outside the vocabulary \[0, {SPEC.vocab_size}\)"),
+     (["--ids", "1", str(SPEC.vocab_size)], rf"--ids: input id {SPEC.vocab_size} is outside the vocabulary"),
+     (["--ids", "1", "--max-new-tokens", "-1"], "--max-new-tokens must be at least 0, got -1")],
+)  # fmt: skip
+def test_run_py_refuses_bad_ids_and_max_new_tokens_in_one_line(
+    reference, onnx_model, arguments, message
+):
+    run_py = onnx_model[0].__file__
+    result = subprocess.run(
+        [sys.executable, run_py, "--weights", str(reference[1]), *arguments],
+        check=False, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert re.fullmatch(f"run.py: error: {message}.*\n", result.stderr), result.stderr

@@ -12,6 +12,7 @@ tables, so Hugging Face checkpoints need only a transpose (see weights.py).
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -329,8 +330,17 @@ def generate(
     `steps` <= max_new_tokens. temperature 0 is greedy; otherwise sample (see `sample`: top_k,
     top_p) with randomness from `key`. The loop runs inside one jit (`decode`).
 
-    Raises ValueError when T + max_new_tokens exceeds max_seq_len, or sampling lacks a key.
+    max_new_tokens 0 returns the prompt unchanged.
+
+    Raises ValueError, on the host before any jit, when max_new_tokens < 0 or
+    T + max_new_tokens exceeds max_seq_len, for temperature < 0, top_k < 1, top_p outside
+    (0, 1] or sampling without a key, for an input id outside [0, vocab_size), or an
+    attention_mask that is not left padding (see `check_prompt`).
     """
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be at least 0, got {max_new_tokens}")
+    check_sampling(temperature, top_k, top_p)
+    check_prompt(np.asarray(input_ids), attention_mask, config.vocab_size)
     input_ids = jnp.asarray(input_ids, jnp.int32)
     B, T = input_ids.shape
     if T + max_new_tokens > config.max_seq_len:
@@ -353,11 +363,50 @@ def generate(
     return jnp.concatenate([input_ids, new_tokens[:, : int(steps)]], axis=1)
 
 
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """Raise ValueError (one line) for temperature < 0, top_k < 1 or top_p outside (0, 1]."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be at least 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def check_prompt(input_ids: np.ndarray, attention_mask: object, vocab_size: int) -> None:
+    """Raise ValueError (one line) for an input id (B, T) outside [0, vocab_size), or an
+    attention_mask (B, T) other than left padding: 0s then 1s in each row, with at least one 1
+    (a row of padding alone, or a 0 after a 1, would be silently mis-positioned). On the host."""
+    bad = input_ids[(input_ids < 0) | (input_ids >= vocab_size)]
+    if bad.size:
+        raise ValueError(f"input id {int(bad[0])} is outside the vocabulary [0, {vocab_size})")
+    if attention_mask is None:
+        return
+    mask = np.asarray(attention_mask)
+    if mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask shape {mask.shape} is not input_ids' {input_ids.shape}")
+    if ((mask != 0) & (mask != 1)).any():
+        raise ValueError("attention_mask must hold only 0 (padding) and 1 (tokens)")
+    mask = mask.astype(np.int64)
+    empty = np.flatnonzero(mask.sum(-1) == 0)
+    if empty.size:
+        raise ValueError(f"attention_mask row {int(empty[0])} has no tokens")
+    right = np.flatnonzero((mask[:, 1:] < mask[:, :-1]).any(-1))
+    if right.size:
+        problem = f"attention_mask row {int(right[0])} is not left padding (a 0 after a 1)"
+        raise ValueError(f"{problem}: pad on the left")
+
+
 def stop_tokens(eos_token_id: int | Sequence[int] | None) -> jax.Array:
-    """The eos ids as a 1-D int32 array (empty for None)."""
+    """The eos ids as a 1-D int32 array (empty for None): one id may be any integral (int,
+    numpy or a 0-d array), or an iterable of them."""
     if eos_token_id is None:
         eos_token_id = ()
-    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    try:
+        ids = [operator.index(eos_token_id)]
+    except TypeError:
+        ids = [operator.index(i) for i in eos_token_id]
+
     return jnp.asarray(ids, jnp.int32).reshape(-1)
 
 

@@ -15,6 +15,7 @@ an end-of-sequence id (EOS_TOKEN_IDS; `--eos-token-id` to change, `--no-eos` for
 from __future__ import annotations
 
 import argparse
+import operator
 import re
 import sys
 from collections.abc import Sequence
@@ -38,6 +39,7 @@ N_LAYERS = 32
 N_KV_HEADS = 32
 HEAD_DIM = 128
 MAX_SEQ_LEN = 2048
+VOCAB_SIZE = 32000
 # The tokenizer's ids (config.json, generation_config.json): generate's defaults.
 BOS_TOKEN_ID: int | None = 1
 EOS_TOKEN_IDS: tuple[int, ...] | None = (2,)
@@ -100,11 +102,42 @@ def positions_of(attention_mask: np.ndarray) -> np.ndarray:
 
 
 def stop_tokens(eos_token_id: int | Sequence[int] | None) -> np.ndarray:
-    """The eos ids as a 1-D int64 array (empty for None)."""
+    """The eos ids as a 1-D int64 array (empty for None): one id may be any integral (int,
+    numpy or a 0-d array), or an iterable of them."""
     if eos_token_id is None:
         eos_token_id = ()
-    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    try:
+        ids = [operator.index(eos_token_id)]
+    except TypeError:
+        ids = [operator.index(i) for i in eos_token_id]
+
     return np.array(ids, dtype=np.int64)
+
+
+def check_prompt(
+    input_ids: np.ndarray, attention_mask: np.ndarray | None, vocab_size: int = VOCAB_SIZE
+) -> None:
+    """Raise ValueError (one line) for an input id (batch, T) outside [0, vocab_size), or an
+    attention_mask (batch, T) other than left padding: 0s then 1s in each row, with at least
+    one 1 (a row of padding alone, or a 0 after a 1, would be silently mis-positioned)."""
+    bad = input_ids[(input_ids < 0) | (input_ids >= vocab_size)]
+    if bad.size:
+        raise ValueError(f"input id {int(bad[0])} is outside the vocabulary [0, {vocab_size})")
+    if attention_mask is None:
+        return
+    mask = np.asarray(attention_mask)
+    if mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask shape {mask.shape} is not input_ids' {input_ids.shape}")
+    if ((mask != 0) & (mask != 1)).any():
+        raise ValueError("attention_mask must hold only 0 (padding) and 1 (tokens)")
+    mask = mask.astype(np.int64)
+    empty = np.flatnonzero(mask.sum(-1) == 0)
+    if empty.size:
+        raise ValueError(f"attention_mask row {int(empty[0])} has no tokens")
+    right = np.flatnonzero((mask[:, 1:] < mask[:, :-1]).any(-1))
+    if right.size:
+        problem = f"attention_mask row {int(right[0])} is not left padding (a 0 after a 1)"
+        raise ValueError(f"{problem}: pad on the left")
 
 
 def generate(
@@ -124,9 +157,16 @@ def generate(
     A row finishes at any eos_token_id (None: never) and then emits pad_token_id (None: the
     first eos id, as transformers does); generation ends when every row has finished.
 
-    Raises ValueError when T + max_new_tokens exceeds MAX_SEQ_LEN.
+    max_new_tokens 0 returns the prompt unchanged.
+
+    Raises ValueError, before any work, when max_new_tokens < 0 or T + max_new_tokens exceeds
+    MAX_SEQ_LEN, for an input id outside [0, VOCAB_SIZE), or an attention_mask that is not left
+    padding (see `check_prompt`).
     """
     batch, length = input_ids.shape
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be at least 0, got {max_new_tokens}")
+    check_prompt(input_ids, attention_mask)
     if length + max_new_tokens > MAX_SEQ_LEN:
         problem = f"prompt ({length}) + max_new_tokens ({max_new_tokens})"
         raise ValueError(f"{problem} exceeds max_seq_len {MAX_SEQ_LEN}")
@@ -176,6 +216,14 @@ def main() -> None:
         "--no-eos", action="store_true", help="no stop: exactly --max-new-tokens tokens"
     )
     args = parser.parse_args()
+    if args.max_new_tokens < 0:
+        parser.exit(
+            2, f"run.py: error: --max-new-tokens must be at least 0, got {args.max_new_tokens}\n"
+        )
+    try:
+        check_prompt(np.array([args.ids]), None)
+    except ValueError as exc:
+        parser.exit(2, f"run.py: error: --ids: {exc}\n")
     if len(args.ids) + args.max_new_tokens > MAX_SEQ_LEN:
         problem = f"{len(args.ids)} prompt ids + --max-new-tokens {args.max_new_tokens}"
         parser.exit(2, f"run.py: error: {problem} exceed max_seq_len {MAX_SEQ_LEN}\n")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -339,8 +340,12 @@ class Model(nn.Module):
         steps through torch.compile: the first call pays the compilation, later steps and calls
         run several times faster on CPU. `stream` yields the same tokens step by step.
 
-        Raises ValueError when T + max_new_tokens exceeds max_seq_len, or for top_k < 1 or
-        top_p outside (0, 1].
+        max_new_tokens 0 returns the prompt unchanged.
+
+        Raises ValueError, before any work, when max_new_tokens < 0 or T + max_new_tokens
+        exceeds max_seq_len, for temperature < 0, top_k < 1 or top_p outside (0, 1], for an
+        input id outside [0, vocab_size), or an attention_mask that is not left padding (see
+        `check_prompt`).
         """
         steps = self.stream(
             input_ids, max_new_tokens, temperature, top_k, top_p, generator, compile,
@@ -368,6 +373,8 @@ class Model(nn.Module):
         """
         B, T = input_ids.shape
         limit = self.args.max_seq_len
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be at least 0, got {max_new_tokens}")
         if T + max_new_tokens > limit:
             raise ValueError(
                 f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len {limit}"
@@ -376,6 +383,9 @@ class Model(nn.Module):
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         if top_p is not None and not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be at least 0, got {temperature}")
+        check_prompt(input_ids, attention_mask, self.args.vocab_size)
         return self._steps(
             input_ids, max_new_tokens, functools.partial(
                 sample, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
@@ -430,11 +440,40 @@ class Model(nn.Module):
             self.clear_cache()
 
 
+def check_prompt(input_ids: Tensor, attention_mask: Tensor | None, vocab_size: int) -> None:
+    """Raise ValueError (one line) for an input id (B, T) outside [0, vocab_size), or an
+    attention_mask (B, T) other than left padding: 0s then 1s in each row, with at least one 1
+    (a row of padding alone, or a 0 after a 1, would be silently mis-positioned)."""
+    bad = input_ids[(input_ids < 0) | (input_ids >= vocab_size)]
+    if bad.numel():
+        raise ValueError(f"input id {int(bad[0])} is outside the vocabulary [0, {vocab_size})")
+    if attention_mask is None:
+        return
+    if attention_mask.shape != input_ids.shape:
+        shape, expected = tuple(attention_mask.shape), tuple(input_ids.shape)
+        raise ValueError(f"attention_mask shape {shape} is not input_ids' {expected}")
+    mask = attention_mask.long()
+    if bool(((mask != 0) & (mask != 1)).any()):
+        raise ValueError("attention_mask must hold only 0 (padding) and 1 (tokens)")
+    empty = (mask.sum(-1) == 0).nonzero()
+    if empty.numel():
+        raise ValueError(f"attention_mask row {int(empty[0])} has no tokens")
+    right = (mask[:, 1:] < mask[:, :-1]).any(-1).nonzero()
+    if right.numel():
+        problem = f"attention_mask row {int(right[0])} is not left padding (a 0 after a 1)"
+        raise ValueError(f"{problem}: pad on the left")
+
+
 def stop_tokens(eos_token_id: int | Sequence[int] | None, device: torch.device) -> Tensor:
-    """The eos ids as a 1-D long tensor (empty for None), for torch.isin."""
+    """The eos ids as a 1-D long tensor (empty for None), for torch.isin: one id may be any
+    integral (int, numpy or 0-d tensor), or an iterable of them."""
     if eos_token_id is None:
         eos_token_id = ()
-    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    try:
+        ids = [operator.index(eos_token_id)]
+    except TypeError:
+        ids = [operator.index(i) for i in eos_token_id]
+
     return torch.tensor(ids, dtype=torch.long, device=device)
 
 
