@@ -311,7 +311,8 @@ def load_safetensors(files: list[Path]) -> dict[str, Tensor]:
     tensors = {}
     for file in files:
         with safe_open(file, framework="pt") as f:
-            tensors |= {name: f.get_tensor(name) for name in f.keys()}
+            # the checked header's names: not f.keys(), which also lists what it left out
+            tensors |= {name: f.get_tensor(name) for name, where in owner.items() if where == file}
     return tensors
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -52,6 +53,16 @@ DTYPE_BITS = {
     "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "C64": 64, "F64": 64, "I64": 64, "U64": 64,
 }  # fmt: skip
 TENSOR_FIELDS = ("dtype", "shape", "data_offsets")
+# transformers 4.28-4.30 saved each layer's RoPE buffer `inv_freq` in Llama checkpoints (e.g.
+# Llama-2-7b-hf, TinyLlama); every release recomputes it from the config and ignores the stored
+# one when loading (4.31 made it non-persistent). These names, and no others, are left out of
+# what read_header and load_bin return, so every loader and converter skips them alike.
+RECOMPUTED_BUFFER = re.compile(r"model\.layers\.(?:0|[1-9][0-9]*)\.self_attn\.rotary_emb\.inv_freq")
+
+
+def is_recomputed_buffer(name: str) -> bool:
+    """Whether `name` is a RoPE buffer transformers recomputes and ignores (RECOMPUTED_BUFFER)."""
+    return RECOMPUTED_BUFFER.fullmatch(name) is not None
 
 
 class CheckpointError(ValueError):
@@ -252,7 +263,9 @@ def check_offsets(entries: dict[str, Entry], data_size: int) -> None:
 
 
 def read_header(file: Path) -> tuple[int, dict[str, Entry]]:
-    """(where the data section starts, the tensors) of one safetensors file, every rule checked.
+    """(where the data section starts, the tensors) of one safetensors file, every rule checked
+    (over every tensor); RoPE buffers transformers recomputes (is_recomputed_buffer) are then
+    left out.
 
     Raises CheckpointError naming the file and the first fault.
     """
@@ -275,7 +288,7 @@ def read_header(file: Path) -> tuple[int, dict[str, Entry]]:
         check_offsets(entries, size - 8 - n)
     except _HeaderError as exc:
         raise CheckpointError(f"{shown(file)}: not a valid safetensors file: {exc}") from None
-    return 8 + n, entries
+    return 8 + n, {name: e for name, e in entries.items() if not is_recomputed_buffer(name)}
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -402,7 +415,8 @@ def load_bin(file: Path) -> dict:
     """One pickled torch checkpoint file as {name: tensor}, read by
     `torch.load(map_location="cpu", weights_only=True, mmap=True)`: tensors and plain
     containers only, so a pickle that would run code is refused (CheckpointError, one line);
-    every value must be a floating-point tensor. mmap needs torch's zip format (torch >= 1.6,
+    every value must be a floating-point tensor; RoPE buffers transformers recomputes
+    (is_recomputed_buffer) are left out. mmap needs torch's zip format (torch >= 1.6,
     every transformers >= 4.28 save); an older file is read the same safe way without it."""
     import zipfile
 
@@ -431,7 +445,7 @@ def load_bin(file: Path) -> dict:
             raise CheckpointError(
                 f"{shown(file)}: {shown(name)} has dtype {str(tensor.dtype)[6:]}, not a float"
             )
-    return state
+    return {name: tensor for name, tensor in state.items() if not is_recomputed_buffer(name)}
 
 
 def load_bin_files(files: list[Path], folder: Path) -> dict:
