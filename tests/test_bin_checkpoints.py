@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 
 import jax
@@ -479,3 +480,43 @@ def test_only_the_exact_rope_buffer_names_are_ignored(built, name, tmp_path):
         invoke("convert", "--to", "cerebras", "--spec", spec, str(tmp_path / "w"), cs)
     )
     assert name in message and not Path(cs).exists()
+
+
+@pytest.mark.parametrize("form", ["bin", "safetensors"])
+def test_checkpoint_dtype_other_than_the_configs_is_refused_not_cast(form, tmp_path):
+    """A float16 checkpoint under a config.json saying bfloat16: transformers 5 loads it cast to
+    bfloat16 without a word (its default dtype="auto" takes the config's). Ours build the model
+    in the config's dtype, so every loader and converter refuses, in one line naming the
+    tensor, its stored dtype and the config's. Before: each loader cast it silently."""
+    reference = reference_model(CONFIG, seed=17).half()
+    folder = tmp_path / "w"
+    if form == "bin":
+        save_bin(reference, folder)
+    else:
+        reference.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert next(reference.parameters()).dtype == torch.float16
+    config["dtype"] = config["torch_dtype"] = "bfloat16"
+    (folder / "config.json").write_text(json.dumps(config))
+    assert LlamaForCausalLM.from_pretrained(folder).dtype == torch.bfloat16  # cast, silently
+    out = tmp_path / "out"
+    result = invoke("build", "--spec", str(folder), "--target", "all", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    said = r"is stored as float16 but .*config\.json says dtype bfloat16"
+    package = import_package(out / "torch")
+    with pytest.raises(package.CheckpointError, match=said):
+        package.load_checkpoint(package.Model(), folder)
+    jax_package = import_package(out / "jax")
+    with pytest.raises(jax_package.CheckpointError, match=said):
+        jax_package.load_checkpoint(folder)
+    convert = import_file(out / "cerebras" / "convert.py")
+    with pytest.raises(convert.CheckpointError, match=said):
+        convert.load_hf(folder)
+    embed = ["--embed-weights"] if form == "bin" else []
+    for args in (
+        ["bind", str(out / "onnx"), "--weights", str(folder), *embed],
+        ["convert", "--to", "cerebras", str(folder), str(tmp_path / "cs.safetensors")],
+    ):
+        message = one_line_refusal(invoke(*args))
+        assert re.search(said, message), message
+    assert not (tmp_path / "cs.safetensors").exists()

@@ -374,13 +374,51 @@ def is_bin(file: Path) -> bool:
     return Path(file).suffix == ".bin"
 
 
+# config.json's dtype (transformers' names) as the safetensors code its tensors must have.
+CONFIG_DTYPE_CODES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+CONFIG_FILE = "config.json"
+
+
+def check_stored_dtypes(folder: Path, stored: dict[str, str]) -> None:
+    """Refuse (one CheckpointError naming tensor, stored dtype and config dtype) a floating
+    tensor whose dtype `stored` (name -> safetensors code) differs from the dtype the folder's
+    config.json states (`dtype`, else 4.x `torch_dtype`): the model is built in the config's
+    dtype, and transformers 5 would silently cast such a tensor to it. Nothing to check
+    without a config.json or a stated float32/bfloat16/float16 (the spec refuses others)."""
+    config = folder / CONFIG_FILE
+    if not config.is_file():
+        return
+    data = read_json(config)
+    dtype = data.get("dtype", data.get("torch_dtype"))
+    want = CONFIG_DTYPE_CODES.get(dtype) if isinstance(dtype, str) else None
+    names = {code: name for name, code in CONFIG_DTYPE_CODES.items()} | {"F64": "float64"}
+    for name, code in stored.items():
+        if want and code in names and code != want:
+            raise CheckpointError(
+                f"{shown(name)} is stored as {names[code]} but {shown(config)} says dtype "
+                f"{dtype}: refused rather than silently cast (save the weights as {dtype}, "
+                "or set the config's dtype to theirs)"
+            )
+
+
 def checkpoint_files(path: Path) -> tuple[Path, list[Path]]:
     """The checkpoint folder and its weight files, in transformers' order of preference: one file
     given (.safetensors, or .bin), the shards model.safetensors.index.json names, every
     *.safetensors in the folder, pytorch_model.bin, or the shards pytorch_model.bin.index.json
     names; each shard path checked by shard_path. Other *.bin files (training_args.bin) are
-    never weights."""
-    path = Path(path)
+    never weights. Safetensors tensors whose dtype is not config.json's are refused here
+    (check_stored_dtypes; .bin files: load_bin_files)."""
+    folder, files = _weight_files(Path(path))
+    if not any(is_bin(file) for file in files):
+        stored = {}
+        for file in files:
+            stored |= {name: e.dtype for name, e in read_header(file)[1].items()}
+        check_stored_dtypes(folder, stored)
+    return folder, files
+
+
+def _weight_files(path: Path) -> tuple[Path, list[Path]]:
+    """checkpoint_files' folder and files, before the dtype check."""
     if path.is_file():
         return path.parent, [path]
     index = path / INDEX_FILE
@@ -449,7 +487,8 @@ def load_bin(file: Path) -> dict:
 
 
 def load_bin_files(files: list[Path], folder: Path) -> dict:
-    """Every tensor of the .bin files (load_bin); a tensor found in two files is refused, and
+    """Every tensor of the .bin files (load_bin); a tensor found in two files is refused, as is
+    one whose dtype is not config.json's (check_stored_dtypes), and
     when a pytorch_model.bin.index.json names the shards, every tensor must be where it says,
     and every tensor it maps must be found."""
     tensors: dict = {}
@@ -461,6 +500,7 @@ def load_bin_files(files: list[Path], folder: Path) -> dict:
                     f"{shown(file)}: tensor {shown(name)} is also in {shown(owner[name].name)}"
                 )
             tensors[name], owner[name] = tensor, file
+    check_stored_dtypes(folder, {n: TORCH_FLOAT_CODES[str(t.dtype)] for n, t in tensors.items()})
     index = folder / BIN_INDEX_FILE
     if index.is_file() and [file.name for file in files] != [BIN_FILE]:
         weight_map = read_weight_map(index)
