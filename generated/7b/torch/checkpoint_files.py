@@ -401,15 +401,16 @@ def check_stored_dtypes(folder: Path, stored: dict[str, str]) -> None:
             )
 
 
-def checkpoint_files(path: Path) -> tuple[Path, list[Path]]:
+def checkpoint_files(path: Path, any_dtype: bool = False) -> tuple[Path, list[Path]]:
     """The checkpoint folder and its weight files, in transformers' order of preference: one file
     given (.safetensors, or .bin), the shards model.safetensors.index.json names, every
     *.safetensors in the folder, pytorch_model.bin, or the shards pytorch_model.bin.index.json
     names; each shard path checked by shard_path. Other *.bin files (training_args.bin) are
     never weights. Safetensors tensors whose dtype is not config.json's are refused here
-    (check_stored_dtypes; .bin files: load_bin_files)."""
+    (check_stored_dtypes; .bin files: load_bin_files), unless `any_dtype`: a converter that
+    keeps every tensor's bytes and dtype."""
     folder, files = _weight_files(Path(path))
-    if not any(is_bin(file) for file in files):
+    if not any_dtype and not any(is_bin(file) for file in files):
         stored = {}
         for file in files:
             stored |= {name: e.dtype for name, e in read_header(file)[1].items()}
@@ -486,9 +487,9 @@ def load_bin(file: Path) -> dict:
     return {name: tensor for name, tensor in state.items() if not is_recomputed_buffer(name)}
 
 
-def load_bin_files(files: list[Path], folder: Path) -> dict:
+def load_bin_files(files: list[Path], folder: Path, any_dtype: bool = False) -> dict:
     """Every tensor of the .bin files (load_bin); a tensor found in two files is refused, as is
-    one whose dtype is not config.json's (check_stored_dtypes), and
+    one whose dtype is not config.json's (check_stored_dtypes; not when `any_dtype`), and
     when a pytorch_model.bin.index.json names the shards, every tensor must be where it says,
     and every tensor it maps must be found."""
     tensors: dict = {}
@@ -500,7 +501,9 @@ def load_bin_files(files: list[Path], folder: Path) -> dict:
                     f"{shown(file)}: tensor {shown(name)} is also in {shown(owner[name].name)}"
                 )
             tensors[name], owner[name] = tensor, file
-    check_stored_dtypes(folder, {n: TORCH_FLOAT_CODES[str(t.dtype)] for n, t in tensors.items()})
+    if not any_dtype:
+        codes = {name: TORCH_FLOAT_CODES[str(t.dtype)] for name, t in tensors.items()}
+        check_stored_dtypes(folder, codes)
     index = folder / BIN_INDEX_FILE
     if index.is_file() and [file.name for file in files] != [BIN_FILE]:
         weight_map = read_weight_map(index)
