@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -49,6 +50,16 @@ DTYPE_BITS = {
     "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "C64": 64, "F64": 64, "I64": 64, "U64": 64,
 }  # fmt: skip
 TENSOR_FIELDS = ("dtype", "shape", "data_offsets")
+# transformers 4.28-4.30 saved each layer's RoPE buffer `inv_freq` in Llama checkpoints (e.g.
+# Llama-2-7b-hf, TinyLlama); every release recomputes it from the config and ignores the stored
+# one when loading (4.31 made it non-persistent). These names, and no others, are left out of
+# what read_header and load_bin return, so every loader and converter skips them alike.
+RECOMPUTED_BUFFER = re.compile(r"model\.layers\.(?:0|[1-9][0-9]*)\.self_attn\.rotary_emb\.inv_freq")
+
+
+def is_recomputed_buffer(name: str) -> bool:
+    """Whether `name` is a RoPE buffer transformers recomputes and ignores (RECOMPUTED_BUFFER)."""
+    return RECOMPUTED_BUFFER.fullmatch(name) is not None
 
 
 class CheckpointError(ValueError):
@@ -249,7 +260,9 @@ def check_offsets(entries: dict[str, Entry], data_size: int) -> None:
 
 
 def read_header(file: Path) -> tuple[int, dict[str, Entry]]:
-    """(where the data section starts, the tensors) of one safetensors file, every rule checked.
+    """(where the data section starts, the tensors) of one safetensors file, every rule checked
+    (over every tensor); RoPE buffers transformers recomputes (is_recomputed_buffer) are then
+    left out.
 
     Raises CheckpointError naming the file and the first fault.
     """
@@ -272,7 +285,7 @@ def read_header(file: Path) -> tuple[int, dict[str, Entry]]:
         check_offsets(entries, size - 8 - n)
     except _HeaderError as exc:
         raise CheckpointError(f"{shown(file)}: not a valid safetensors file: {exc}") from None
-    return 8 + n, entries
+    return 8 + n, {name: e for name, e in entries.items() if not is_recomputed_buffer(name)}
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -358,13 +371,52 @@ def is_bin(file: Path) -> bool:
     return Path(file).suffix == ".bin"
 
 
-def checkpoint_files(path: Path) -> tuple[Path, list[Path]]:
+# config.json's dtype (transformers' names) as the safetensors code its tensors must have.
+CONFIG_DTYPE_CODES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+CONFIG_FILE = "config.json"
+
+
+def check_stored_dtypes(folder: Path, stored: dict[str, str]) -> None:
+    """Refuse (one CheckpointError naming tensor, stored dtype and config dtype) a floating
+    tensor whose dtype `stored` (name -> safetensors code) differs from the dtype the folder's
+    config.json states (`dtype`, else 4.x `torch_dtype`): the model is built in the config's
+    dtype, and transformers 5 would silently cast such a tensor to it. Nothing to check
+    without a config.json or a stated float32/bfloat16/float16 (the spec refuses others)."""
+    config = folder / CONFIG_FILE
+    if not config.is_file():
+        return
+    data = read_json(config)
+    dtype = data.get("dtype", data.get("torch_dtype"))
+    want = CONFIG_DTYPE_CODES.get(dtype) if isinstance(dtype, str) else None
+    names = {code: name for name, code in CONFIG_DTYPE_CODES.items()} | {"F64": "float64"}
+    for name, code in stored.items():
+        if want and code in names and code != want:
+            raise CheckpointError(
+                f"{shown(name)} is stored as {names[code]} but {shown(config)} says dtype "
+                f"{dtype}: refused rather than silently cast (save the weights as {dtype}, "
+                "or set the config's dtype to theirs)"
+            )
+
+
+def checkpoint_files(path: Path, any_dtype: bool = False) -> tuple[Path, list[Path]]:
     """The checkpoint folder and its weight files, in transformers' order of preference: one file
     given (.safetensors, or .bin), the shards model.safetensors.index.json names, every
     *.safetensors in the folder, pytorch_model.bin, or the shards pytorch_model.bin.index.json
     names; each shard path checked by shard_path. Other *.bin files (training_args.bin) are
-    never weights."""
-    path = Path(path)
+    never weights. Safetensors tensors whose dtype is not config.json's are refused here
+    (check_stored_dtypes; .bin files: load_bin_files), unless `any_dtype`: a converter that
+    keeps every tensor's bytes and dtype."""
+    folder, files = _weight_files(Path(path))
+    if not any_dtype and not any(is_bin(file) for file in files):
+        stored = {}
+        for file in files:
+            stored |= {name: e.dtype for name, e in read_header(file)[1].items()}
+        check_stored_dtypes(folder, stored)
+    return folder, files
+
+
+def _weight_files(path: Path) -> tuple[Path, list[Path]]:
+    """checkpoint_files' folder and files, before the dtype check."""
     if path.is_file():
         return path.parent, [path]
     index = path / INDEX_FILE
@@ -399,7 +451,8 @@ def load_bin(file: Path) -> dict:
     """One pickled torch checkpoint file as {name: tensor}, read by
     `torch.load(map_location="cpu", weights_only=True, mmap=True)`: tensors and plain
     containers only, so a pickle that would run code is refused (CheckpointError, one line);
-    every value must be a floating-point tensor. mmap needs torch's zip format (torch >= 1.6,
+    every value must be a floating-point tensor; RoPE buffers transformers recomputes
+    (is_recomputed_buffer) are left out. mmap needs torch's zip format (torch >= 1.6,
     every transformers >= 4.28 save); an older file is read the same safe way without it."""
     import zipfile
 
@@ -428,11 +481,12 @@ def load_bin(file: Path) -> dict:
             raise CheckpointError(
                 f"{shown(file)}: {shown(name)} has dtype {str(tensor.dtype)[6:]}, not a float"
             )
-    return state
+    return {name: tensor for name, tensor in state.items() if not is_recomputed_buffer(name)}
 
 
-def load_bin_files(files: list[Path], folder: Path) -> dict:
-    """Every tensor of the .bin files (load_bin); a tensor found in two files is refused, and
+def load_bin_files(files: list[Path], folder: Path, any_dtype: bool = False) -> dict:
+    """Every tensor of the .bin files (load_bin); a tensor found in two files is refused, as is
+    one whose dtype is not config.json's (check_stored_dtypes; not when `any_dtype`), and
     when a pytorch_model.bin.index.json names the shards, every tensor must be where it says,
     and every tensor it maps must be found."""
     tensors: dict = {}
@@ -444,6 +498,9 @@ def load_bin_files(files: list[Path], folder: Path) -> dict:
                     f"{shown(file)}: tensor {shown(name)} is also in {shown(owner[name].name)}"
                 )
             tensors[name], owner[name] = tensor, file
+    if not any_dtype:
+        codes = {name: TORCH_FLOAT_CODES[str(t.dtype)] for name, t in tensors.items()}
+        check_stored_dtypes(folder, codes)
     index = folder / BIN_INDEX_FILE
     if index.is_file() and [file.name for file in files] != [BIN_FILE]:
         weight_map = read_weight_map(index)

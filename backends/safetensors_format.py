@@ -40,14 +40,15 @@ class TensorRef:
     data: memoryview | None = field(default=None, compare=False, repr=False)
 
 
-def safetensors_files(path: Path) -> tuple[Path, list[Path]]:
+def safetensors_files(path: Path, any_dtype: bool = False) -> tuple[Path, list[Path]]:
     """The checkpoint folder and its .safetensors files: single, sharded with an index, or one.
 
     Shard paths that are absolute, hold `..` or resolve outside the folder are refused
     (a Hugging Face cache snapshot linking into its blobs/ excepted): checked_reader.shard_path.
+    Tensors whose dtype is not config.json's are refused unless `any_dtype` (a converter).
     """
     try:
-        return checked_reader.checkpoint_files(Path(path))
+        return checked_reader.checkpoint_files(Path(path), any_dtype)
     except checked_reader.CheckpointError as exc:
         raise CheckpointError(str(exc)) from None
 
@@ -66,13 +67,13 @@ def read_header(file: Path, folder: Path) -> list[TensorRef]:
     ]
 
 
-def read_bin(files: list[Path], folder: Path) -> list[TensorRef]:
+def read_bin(files: list[Path], folder: Path, any_dtype: bool = False) -> list[TensorRef]:
     """Every tensor of pickled torch files, loaded safely (checked_reader.load_bin_files), each
     with its bytes in `data` (little-endian, as safetensors stores them)."""
     import torch
 
     try:
-        tensors = checked_reader.load_bin_files(files, folder)
+        tensors = checked_reader.load_bin_files(files, folder, any_dtype)
     except checked_reader.CheckpointError as exc:
         raise CheckpointError(str(exc)) from None
     # which file holds each tensor (for messages): the index says, as load_bin_files checked
@@ -97,13 +98,13 @@ def read_bin(files: list[Path], folder: Path) -> list[TensorRef]:
     return refs
 
 
-def read_headers(path: Path) -> tuple[Path, list[TensorRef]]:
+def read_headers(path: Path, any_dtype: bool = False) -> tuple[Path, list[TensorRef]]:
     """The folder and every tensor of a checkpoint (file or folder), headers checked; a tensor
     name found in two files is refused rather than one silently winning. A .bin checkpoint's
-    tensors are loaded (read_bin)."""
-    folder, files = safetensors_files(path)
+    tensors are loaded (read_bin). Dtypes other than config.json's: refused unless `any_dtype`."""
+    folder, files = safetensors_files(path, any_dtype)
     if any(checked_reader.is_bin(file) for file in files):
-        return folder, read_bin(files, folder)
+        return folder, read_bin(files, folder, any_dtype)
     refs: dict[str, TensorRef] = {}
     for file in files:
         for ref in read_header(file, folder):

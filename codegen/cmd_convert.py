@@ -65,7 +65,7 @@ def read_checkpoint(path: Path) -> dict[str, Tensor]:
     pytorch_model.bin (or its shards) is loaded by torch.load(weights_only=True) instead."""
     tensors: dict[str, Tensor] = {}
     try:
-        folder, refs = read_headers(path)
+        folder, refs = read_headers(path, any_dtype=True)  # bytes and dtypes are kept
         maps: dict[str, memoryview] = {}
         for ref in refs:
             if ref.data is not None:  # a pytorch_model.bin tensor, loaded safely by torch
@@ -159,7 +159,7 @@ def check_output(dst: Path, sources: list[Path], force: bool) -> None:
 def source_files(src: Path) -> list[Path]:
     """The files a conversion reads: the weight files (and a folder's config.json, index)."""
     try:
-        folder, files = safetensors_files(src)
+        folder, files = safetensors_files(src, any_dtype=True)
     except CheckpointError as exc:
         raise UserError(str(exc)) from None
     indexes = ("model.safetensors.index.json", "pytorch_model.bin.index.json")

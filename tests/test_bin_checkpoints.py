@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 
 import jax
@@ -384,3 +385,137 @@ def test_jax_without_torch_names_the_fix(built, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "pip install torch" in done.stdout and done.stdout.count("\n") == 1, done.stdout
+
+
+def with_inv_freq(model: LlamaForCausalLM) -> dict[str, torch.Tensor]:
+    """The state dict as transformers 4.28-4.30 saved it: each layer's RoPE buffer included,
+    `inv_freq = 1 / theta ** (arange(0, head_dim, 2) / head_dim)` (float32, as 4.28 computed it)."""
+    head_dim = CONFIG["hidden_size"] // CONFIG["num_attention_heads"]
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    state = dict(model.state_dict())
+    for i in range(CONFIG["num_hidden_layers"]):
+        state[f"model.layers.{i}.self_attn.rotary_emb.inv_freq"] = inv_freq.clone()
+    return state
+
+
+def save_with_inv_freq(model: LlamaForCausalLM, folder: Path, form: str) -> Path:
+    """`folder` with config.json and the 4.28-4.30 state dict, as pytorch_model.bin
+    (torch.save) or model.safetensors (the safetensors library)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    model.config.to_json_file(folder / "config.json")
+    state = with_inv_freq(model)
+    if form == "bin":
+        torch.save(state, folder / "pytorch_model.bin")
+    else:
+        save_file({n: t.contiguous() for n, t in state.items()}, folder / "model.safetensors")
+    return folder
+
+
+@pytest.mark.parametrize("form", ["bin", "safetensors"])
+def test_saved_rope_buffers_are_ignored_as_transformers_ignores_them(built, form, tmp_path):
+    """Before: "checkpoint does not fit the model; unexpected: model.layers.0.self_attn.
+    rotary_emb.inv_freq" from every loader and converter, while transformers loads the folder."""
+    reference, _, out = built
+    folder = save_with_inv_freq(reference, tmp_path / "w", form)
+    expected = transformers_logits(LlamaForCausalLM.from_pretrained(folder).eval(), IDS)
+    assert oracle.relative_error(expected, transformers_logits(reference, IDS)) == 0
+    package = import_package(out / "torch")
+    model = package.Model().eval()
+    package.load_checkpoint(model, folder)
+    with torch.no_grad():
+        assert oracle.relative_error(model(torch.from_numpy(IDS)).numpy(), expected) <= 1e-5
+    jax_package = import_package(out / "jax")
+    logits = jax.jit(jax_package.forward)(jax_package.load_checkpoint(folder), IDS)
+    assert oracle.relative_error(np.asarray(logits), expected) <= 1e-5
+    onnx = tmp_path / "onnx"
+    result = invoke("build", "--spec", str(folder), "--target", "onnx", "--out", str(onnx))
+    assert result.exit_code == 0, result.output
+    embed = ["--embed-weights"] if form == "bin" else []
+    bound = invoke("bind", str(onnx / "onnx"), "--weights", str(folder), *embed)
+    assert bound.exit_code == 0, bound.output
+    logits = OnnxRunner(onnx / "onnx", folder).forward(IDS)
+    assert oracle.relative_error(logits, expected) <= 1e-5
+
+    state = reference.state_dict()
+    cs = tmp_path / "cs.safetensors"
+    result = invoke("convert", "--to", "cerebras", str(folder), str(cs))
+    assert result.exit_code == 0, result.output
+    back = invoke("convert", "--to", "hf", "--spec", str(folder), str(cs), str(tmp_path / "hf"))
+    assert back.exit_code == 0, back.output
+    round_trip = load_file(tmp_path / "hf" / "model.safetensors")
+    assert round_trip.keys() == state.keys()
+    assert all(torch.equal(round_trip[name], t) for name, t in state.items())
+    convert = import_file(out / "cerebras" / "convert.py")
+    emitted = convert.hf_to_cs(convert.load_hf(folder))
+    assert emitted.keys() == load_file(cs).keys()
+    assert all(torch.equal(emitted[n], t) for n, t in load_file(cs).items())
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "model.layers.0.self_attn.rotary_emb.inv_freq_",
+        "model.layers.0.rotary_emb.inv_freq",
+        "model.rotary_emb.inv_freq",
+        "layers.0.self_attn.rotary_emb.inv_freq",
+        "model.layers.x.self_attn.rotary_emb.inv_freq",
+    ],
+)
+def test_only_the_exact_rope_buffer_names_are_ignored(built, name, tmp_path):
+    """Any other extra tensor, however close its name, is still refused as unexpected."""
+    from safetensors.torch import save_file
+
+    reference, _, out = built
+    state = {n: t.contiguous() for n, t in with_inv_freq(reference).items()}
+    state[name] = torch.zeros(8)
+    (tmp_path / "w").mkdir()
+    save_file(state, tmp_path / "w" / "model.safetensors")
+    package = import_package(out / "torch")
+    with pytest.raises(package.CheckpointError, match=f"unexpected: {name}$"):
+        package.load_checkpoint(package.Model(), tmp_path / "w")
+    spec, cs = str(built[1]["single"]), str(tmp_path / "cs.safetensors")
+    message = one_line_refusal(
+        invoke("convert", "--to", "cerebras", "--spec", spec, str(tmp_path / "w"), cs)
+    )
+    assert name in message and not Path(cs).exists()
+
+
+@pytest.mark.parametrize("form", ["bin", "safetensors"])
+def test_checkpoint_dtype_other_than_the_configs_is_refused_not_cast(form, tmp_path):
+    """A float16 checkpoint under a config.json saying bfloat16: transformers 5 loads it cast to
+    bfloat16 without a word (its default dtype="auto" takes the config's). Ours build the model
+    in the config's dtype, so the torch and JAX loaders and ONNX bind refuse, in one line naming
+    the tensor, its stored dtype and the config's. Before: each loader cast it silently."""
+    reference = reference_model(CONFIG, seed=17).half()
+    folder = tmp_path / "w"
+    if form == "bin":
+        save_bin(reference, folder)
+    else:
+        reference.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert next(reference.parameters()).dtype == torch.float16
+    config["dtype"] = config["torch_dtype"] = "bfloat16"
+    (folder / "config.json").write_text(json.dumps(config))
+    assert LlamaForCausalLM.from_pretrained(folder).dtype == torch.bfloat16  # cast, silently
+    out = tmp_path / "out"
+    result = invoke("build", "--spec", str(folder), "--target", "all", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    said = r"is stored as float16 but .*config\.json says dtype bfloat16"
+    package = import_package(out / "torch")
+    with pytest.raises(package.CheckpointError, match=said):
+        package.load_checkpoint(package.Model(), folder)
+    jax_package = import_package(out / "jax")
+    with pytest.raises(jax_package.CheckpointError, match=said):
+        jax_package.load_checkpoint(folder)
+    embed = ["--embed-weights"] if form == "bin" else []
+    message = one_line_refusal(invoke("bind", str(out / "onnx"), "--weights", str(folder), *embed))
+    assert re.search(said, message), message
+    # the converters build no model: they keep every tensor's bytes and dtype, as documented
+    convert = import_file(out / "cerebras" / "convert.py")
+    assert {t.dtype for t in convert.load_hf(folder).values()} == {torch.float16}
+    cs = tmp_path / "cs.safetensors"
+    result = invoke("convert", "--to", "cerebras", str(folder), str(cs))
+    assert result.exit_code == 0, result.output
+    assert {t.dtype for t in load_file(cs).values()} == {torch.float16}

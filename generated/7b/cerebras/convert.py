@@ -311,7 +311,8 @@ def load_safetensors(files: list[Path]) -> dict[str, Tensor]:
     tensors = {}
     for file in files:
         with safe_open(file, framework="pt") as f:
-            tensors |= {name: f.get_tensor(name) for name in f.keys()}
+            # the checked header's names: not f.keys(), which also lists what it left out
+            tensors |= {name: f.get_tensor(name) for name, where in owner.items() if where == file}
     return tensors
 
 
@@ -322,9 +323,9 @@ def load_hf(path: Path) -> dict[str, Tensor]:
     config = (path if path.is_dir() else path.parent) / "config.json"
     if config.is_file():
         check_hf_config(config, HF_CONFIG_VALUES, HF_DEFAULTS)
-    files = checkpoint_files(path)[1]
+    files = checkpoint_files(path, any_dtype=True)[1]  # every tensor keeps its bytes and dtype
     if any(is_bin(file) for file in files):  # pytorch_model.bin or its shards
-        tensors = load_bin_files(files, files[0].parent)
+        tensors = load_bin_files(files, files[0].parent, any_dtype=True)
         if TIE_EMBEDDINGS:  # a tied head stored too must be bitwise equal to the embedding
             bin_tied_head(tensors, TIED_HEAD, TIED_EMBEDDING)
         return tensors

@@ -98,9 +98,9 @@ def safetensors_reader(
     def read() -> Iterator[tuple[str, Tensor]]:
         for file in files:
             with safe_open(file, framework="pt") as f:
-                for name in f.keys():
-                    if name not in skip:
-                        yield name, f.get_tensor(name)
+                # the checked header's names: not f.keys(), which also lists what it left out
+                for name in [name for name, where in owner.items() if where == file]:
+                    yield name, f.get_tensor(name)
 
     return shapes, read
 
