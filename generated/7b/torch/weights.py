@@ -42,8 +42,9 @@ TIED_HEAD, TIED_EMBEDDING = "lm_head.weight", "model.embed_tokens.weight"
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Copy a checkpoint's weights into `model` (cast to its dtype), after checking every name
-    and shape.
+    """Copy a checkpoint's weights into `model` after checking every name and shape. Tensors
+    are cast to the model's dtype only when no config.json beside them states a dtype; one that
+    does must match the stored tensors (CheckpointError otherwise).
 
     `path` is a Hugging Face folder (config.json + model.safetensors, or shards with
     model.safetensors.index.json; else pytorch_model.bin, or shards with
