@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from spec import DType, ModelSpec, ParallelSpec
+from spec.weights import present
+
+from .quantize import DEFAULT_GROUP_SIZE, check_group_size
 
 # Blocks several targets' templates share, as Jinja macros: `{% from "shared/<file>" import ... %}`.
 BACKENDS_DIR = Path(__file__).parent
@@ -33,9 +36,17 @@ class BuildOptions:
     weights: Path | None = None  # a checkpoint to bind to (targets that take one)
     embed_weights: bool = False  # write the weights into the output (targets that can)
     parallel: ParallelSpec | None = None  # mesh and sharding rules (None: the defaults)
+    # weight-only quantization of every linear layer (WeightInfo.quantized), formats in quantize.py
+    quantize: Literal["int8", "int4"] | None = None
+    group_size: int | None = None  # int4 only; None: quantize.DEFAULT_GROUP_SIZE
 
     def dtype_for(self, spec: ModelSpec) -> DType:
         return self.dtype or spec.dtype
+
+    @property
+    def int4_group_size(self) -> int:
+        """The int4 group size in effect (the option, else the default)."""
+        return self.group_size or DEFAULT_GROUP_SIZE
 
     def describe(self) -> dict[str, Any]:
         """The options as plain JSON values, for the manifest."""
@@ -46,6 +57,10 @@ class BuildOptions:
         }
         if self.parallel is not None:  # absent otherwise, so earlier manifests stay valid
             described["parallel"] = self.parallel.model_dump(mode="json")
+        if self.quantize is not None:  # likewise
+            described["quantize"] = self.quantize
+            if self.quantize == "int4":
+                described["group_size"] = self.int4_group_size
         return described
 
 
@@ -204,6 +219,26 @@ class NoContext(TemplateContext):
 CHECKED_READER = Rendered(
     "checkpoint_files.py", f"{COMPILER_PREFIX}/checked_reader.py", NoContext()
 )
+
+
+def check_quantize(spec: ModelSpec, options: BuildOptions) -> None:
+    """Raises OptionError (naming the numbers) when `options.quantize`/`group_size` cannot apply
+    to `spec`: a group size without int4, or one that is not supported or does not divide the
+    inputs of every quantized weight (dim, heads x head_dim, ffn_dim)."""
+    if options.group_size is not None and options.quantize != "int4":
+        raise OptionError("--group-size applies to --quantize int4 only")
+    if options.quantize != "int4":
+        return
+    for weight in present(spec):
+        if weight.quantized:
+            try:
+                check_group_size(weight.shape(spec)[1], options.int4_group_size)
+            except ValueError as exc:
+                raise OptionError(f"{exc} of {weight.hf.format(i=0)}") from None
+
+
+# backends/quantize.py emitted verbatim beside every quantized model: the formats' one definition.
+QUANTIZER = Rendered("quantize.py", f"{COMPILER_PREFIX}/quantize.py", NoContext())
 
 
 class Backend(Protocol):

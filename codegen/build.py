@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from backends import BuildOptions, get_backend
-from backends.base import OptionError
+from backends.base import OptionError, check_quantize
 from spec import ModelSpec
 
 from . import __version__
@@ -63,13 +63,14 @@ def render_target(spec: ModelSpec, target: str, options: BuildOptions) -> dict[s
     backend = get_backend(target)
     unused = {
         name
-        for name in ("weights", "embed_weights", "parallel")
+        for name in ("weights", "embed_weights", "parallel", "quantize")
         if getattr(options, name) and name not in backend.accepts
     }
     if unused:
         flags = ", ".join("--" + name.replace("_", "-") for name in sorted(unused))
         raise OutputError(f"target {target!r} does not take {flags}")
     try:
+        check_quantize(spec, options)
         files = render_plan(spec, backend, options)
     except OptionError as exc:
         raise OutputError(f"target {target!r}: {exc}") from exc

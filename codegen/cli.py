@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from backends import TARGETS, BuildOptions
+from backends.quantize import DEFAULT_GROUP_SIZE, GROUP_SIZES
 from spec import PRESETS, DType, ModelSpec, to_spec_yaml
 
 from . import __version__
@@ -71,6 +72,17 @@ def main() -> None:
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
     help="A parallel spec (YAML/JSON: mesh degrees, logical-axis rules): the emitted defaults.",
 )
+@click.option(
+    "--quantize",
+    type=click.Choice(["int8", "int4"]),
+    help="Weight-only quantization of every linear layer, head included (torch, jax, onnx): "
+    "int8 per output row, int4 per group of inputs. The loaders quantize a float checkpoint.",
+)
+@click.option(
+    "--group-size",
+    type=click.Choice([str(size) for size in GROUP_SIZES]),
+    help=f"Inputs per int4 scale and zero point. Default: {DEFAULT_GROUP_SIZE}.",
+)
 @click.option("--check", is_flag=True, help="Compare with the existing output; write nothing.")
 @click.option("--force", is_flag=True, help="Replace an output folder this tool did not write.")
 def build_command(
@@ -82,6 +94,8 @@ def build_command(
     weights: Path | None,
     embed_weights: bool,
     parallel_file: Path | None,
+    quantize: str | None,
+    group_size: str | None,
     check: bool,
     force: bool,
 ) -> None:
@@ -91,6 +105,7 @@ def build_command(
     options = BuildOptions(
         dtype=DType(dtype) if dtype else None, weights=weights, embed_weights=embed_weights,
         parallel=resolve_parallel(parallel_file, spec) if parallel_file else None,
+        quantize=quantize, group_size=int(group_size) if group_size else None,
     )  # fmt: skip
     targets = list(TARGETS) if target == "all" else [target]
     if check:

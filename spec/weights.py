@@ -113,6 +113,14 @@ class WeightInfo:
         return len(self.dims) == 2 and self.key != "embed"
 
     @property
+    def quantized(self) -> bool:
+        """Whether `--quantize` stores it as integers: every linear layer's weight, the head
+        included (the largest matrix of small models; gpt-fast and llama.cpp quantize it too).
+        The embedding stays float: a lookup reads one row per token, so its bytes never bound
+        decoding; norms and biases are vectors."""
+        return self.jax_transposed
+
+    @property
     def module(self) -> str:
         """The HF module name (`q_proj`), which torch's tensor-parallel plan addresses."""
         return self.hf.split(".")[-2]
