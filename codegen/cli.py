@@ -24,6 +24,7 @@ EPILOG_BUILD = """\b
 Examples:
   python -m codegen build --size 7b --target torch --out out/
   python -m codegen build --size 65b --target all --out out/
+  python -m codegen build --size 7b --target torch --target onnx --quantize int8
   python -m codegen build --spec Llama-2-7b-hf/config.json --target torch
   python -m codegen build --size 7b --target torch --out generated/7b --check
 """
@@ -48,7 +49,8 @@ def main() -> None:
     "--target",
     type=click.Choice([*TARGETS, "all"]),
     required=True,
-    help="What to emit; `all` builds every target.",
+    multiple=True,
+    help="What to emit; repeat it for several targets; `all` builds every target.",
 )
 @click.option(
     "--out",
@@ -88,7 +90,7 @@ def main() -> None:
 def build_command(
     size: str | None,
     spec_file: Path | None,
-    target: str,
+    target: tuple[str, ...],
     out: Path | None,
     dtype: str | None,
     weights: Path | None,
@@ -107,7 +109,7 @@ def build_command(
         parallel=resolve_parallel(parallel_file, spec) if parallel_file else None,
         quantize=quantize, group_size=int(group_size) if group_size else None,
     )  # fmt: skip
-    targets = list(TARGETS) if target == "all" else [target]
+    targets = list(TARGETS) if "all" in target else list(dict.fromkeys(target))
     if check:
         failed = False
         for name in targets:

@@ -41,6 +41,16 @@ def test_show_json_is_machine_readable():
     assert data["param_count"] == 65_285_660_672 and data["head_dim"] == 128
 
 
+def test_repeated_target_builds_each_one(tmp_path):
+    """`--target torch --target jax` used to build only the last one, silently (click keeps the
+    last value of a single option)."""
+    result = run("build", "--size", "tiny", "--target", "torch", "--target", "jax",
+                 "--target", "torch", "--out", str(tmp_path))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jax", "torch"]
+    assert result.output.count("wrote") == 2
+
+
 def test_build_check_and_rebuild(tmp_path):
     out = tmp_path / "out"
     first = run("build", "--size", "tiny", "--target", "torch", "--out", str(out))
