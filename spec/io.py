@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from .model import DType, Llama3RopeScaling, ModelSpec, RopeScaling
 
@@ -45,7 +47,9 @@ def load_spec(
         if "hidden_size" in data or "model_type" in data:
             generation = path.parent / "generation_config.json"
             if generation.is_file():  # transformers' generate reads its token ids from there
-                data = data | token_ids(_read_mapping(generation))
+                given = token_ids(_read_mapping(generation))
+                with _naming_the_file(generation, fields=set(given)):
+                    return _agreeing(from_hf_config(data | given, name=name), path, **stated)
             return _agreeing(from_hf_config(data, name=name), path, **stated)
         if "dim" in data and "n_layers" in data and "name" not in data:
             sibling = path.parent / "config.json"
@@ -59,6 +63,30 @@ def load_spec(
         # e.g. `rope_scaling: [1, 2]` where a mapping belongs; pydantic errors pass through
         raise SpecFormatError(f"{path}: a value has the wrong type for a {_kind(data)}") from None
     return _agreeing(ModelSpec.model_validate(data), path, **stated)
+
+
+@contextlib.contextmanager
+def _naming_the_file(path: Path, fields: set[str]) -> Iterator[None]:
+    """Reports a validation error of a field that `path` supplied as an error of that file (the
+    token ids of a generation_config.json, which the user would otherwise look for in config.json)."""
+    try:
+        yield
+    except ValidationError as exc:
+        ours = [
+            error
+            for error in exc.errors()
+            if (
+                error["loc"][0] in fields
+                if error["loc"]
+                else any(f in error["msg"] for f in fields)
+            )
+        ]
+        if not ours:
+            raise
+        error = ours[0]
+        field = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        raise SpecFormatError(f"{path}: {field + ': ' if field else ''}{message}") from None
 
 
 def _agreeing(

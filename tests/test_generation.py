@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from transformers import GenerationConfig, LlamaConfig
 
 from spec import get_preset, load_spec, to_hf_config
+from spec.io import SpecFormatError
 
 
 def test_token_ids_are_read_as_transformers_reads_them(tmp_path):
@@ -30,6 +31,23 @@ def test_token_ids_are_read_as_transformers_reads_them(tmp_path):
     assert spec.bos_token_id == theirs.bos_token_id == 5
     assert list(spec.eos_token_id) == theirs.eos_token_id == [6, 7]
     assert spec.pad_token_id == theirs.pad_token_id == 8
+
+
+@pytest.mark.parametrize(
+    ("ids", "error"),
+    [
+        ({"eos_token_id": "x"}, "eos_token_id: Input should be a valid tuple"),
+        ({"eos_token_id": []}, "eos_token_id: Tuple should have at least 1 item"),
+        ({"pad_token_id": 10**6}, "pad_token_id (1000000) is not below vocab_size"),
+    ],
+)
+def test_a_bad_id_in_generation_config_names_that_file(tmp_path, ids, error):
+    """The error names generation_config.json, not the config.json the user passed."""
+    (tmp_path / "config.json").write_text(json.dumps(to_hf_config(get_preset("tiny"))))
+    (tmp_path / "generation_config.json").write_text(json.dumps(ids))
+    with pytest.raises(SpecFormatError) as raised:
+        load_spec(tmp_path / "config.json")
+    assert str(raised.value).startswith(f"{tmp_path / 'generation_config.json'}: {error}")
 
 
 def test_config_without_token_ids_takes_llama_config_defaults(tmp_path):
