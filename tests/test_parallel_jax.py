@@ -50,6 +50,8 @@ MESHES = {
     "4x2-tied-mlp-over-fsdp-and-tensor": ("tied", 1, 4, 2),
 }
 TRAIN_MESH = "4x2"  # the train step's mesh
+# An int8 build (issue 16) of the tied model, forward only: (data, fsdp, tensor).
+INT8_MESH = (1, 2, 4)
 
 
 def relative_error(actual, expected) -> float:
@@ -79,6 +81,40 @@ def shard_shape(shape: tuple[int, ...], spec, mesh_shape) -> tuple[int, ...]:
     return tuple(split)
 
 
+def misplaced(sharded, param_specs, mesh) -> list[str]:
+    """Every parameter not split as its PartitionSpec says (shard shape = shape / degrees)."""
+    import jax
+
+    wrong = []
+    for (path, leaf), spec in zip(
+        jax.tree_util.tree_leaves_with_path(sharded), jax.tree.leaves(param_specs), strict=True
+    ):
+        expected = shard_shape(leaf.shape, spec, mesh.shape)
+        if {s.data.shape for s in leaf.addressable_shards} != {expected}:
+            wrong.append(f"{jax.tree_util.keystr(path)} {leaf.sharding.spec}")
+    return wrong
+
+
+def int8_worker(package, sharding, checkpoint: Path, tokens: np.ndarray) -> dict:
+    """The int8 build's forward on INT8_MESH against one device, and where q and scale lie."""
+    import jax
+
+    params = package.load_checkpoint(checkpoint)
+    expected = jax.jit(package.forward)(jax.device_put(params, jax.devices()[0]), tokens)
+    mesh = sharding.make_mesh(*INT8_MESH)
+    sharded = sharding.shard_params(params, mesh)
+    logits = sharding.jit_forward(mesh)(sharded, sharding.shard_batch(tokens, mesh))
+    shard = {name: [list(getattr(weight, part).addressable_shards[0].data.shape)
+                    for part in ("q", "scale")]
+             for name, weight in (("wq", sharded["layers"]["wq"]), ("lm_head", sharded["lm_head"]))}  # fmt: skip
+    return {
+        "wrong_shards": misplaced(sharded, sharding.PARAM_SPECS, mesh),
+        "shard": shard,
+        "q_dtype": str(sharded["layers"]["wq"].q.dtype),
+        "logits": relative_error(logits, expected),
+    }
+
+
 def worker(folders: dict[str, str], out: Path) -> None:
     """Runs in the subprocess, with 8 CPU devices: errors of every mesh against one device."""
     import jax
@@ -88,13 +124,17 @@ def worker(folders: dict[str, str], out: Path) -> None:
     from codegen.verifier.emitted import import_package
 
     assert jax.device_count() == 8, jax.devices()
+    int8_folder = Path(folders.pop("int8"))
+    int8 = import_package(int8_folder)
+    int8_results = int8_worker(
+        int8, importlib.import_module(int8.__name__ + ".sharding"),
+        int8_folder.parent / "checkpoint", rng_tokens(),
+    )  # fmt: skip
     packages = {key: import_package(Path(folder)) for key, folder in folders.items()}
     shardings = {
         key: importlib.import_module(p.__name__ + ".sharding") for key, p in packages.items()
     }
-    vocab = SPEC.vocab_size
-    rng = np.random.default_rng(3)
-    tokens, targets = rng.integers(0, vocab, (2, BATCH, SEQ), dtype=np.int32)
+    tokens, targets = rng_tokens(2)
     params = {key: p.load_checkpoint(Path(folders[key]).parent / "checkpoint")
               for key, p in packages.items()}  # fmt: skip
     on_one_device = jax.devices()[0]
@@ -110,15 +150,7 @@ def worker(folders: dict[str, str], out: Path) -> None:
         package, sharding = packages[key], shardings[key]
         mesh = sharding.make_mesh(data, fsdp, tensor)
         sharded = sharding.shard_params(params[key], mesh)
-        # Every parameter split as its PartitionSpec says: shard shape = shape / mesh degrees.
-        wrong_shards = []
-        for (path, leaf), spec in zip(
-            jax.tree_util.tree_leaves_with_path(sharded),
-            jax.tree.leaves(sharding.PARAM_SPECS), strict=True,
-        ):  # fmt: skip
-            expected = shard_shape(leaf.shape, spec, mesh.shape)
-            if {s.data.shape for s in leaf.addressable_shards} != {expected}:
-                wrong_shards.append(f"{jax.tree_util.keystr(path)} {leaf.sharding.spec}")
+        wrong_shards = misplaced(sharded, sharding.PARAM_SPECS, mesh)
         split = sum(
             leaf.addressable_shards[0].data.size < leaf.size for leaf in jax.tree.leaves(sharded)
         )
@@ -180,7 +212,15 @@ def worker(folders: dict[str, str], out: Path) -> None:
         refused = ""
     except ValueError as exc:
         refused = str(exc)
-    out.write_text(json.dumps({"meshes": results, "train": train, "refused": refused}))
+    out.write_text(json.dumps({"meshes": results, "train": train, "refused": refused,
+                               "int8": int8_results}))  # fmt: skip
+
+
+def rng_tokens(count: int = 1) -> np.ndarray:
+    """`count` (BATCH, SEQ) int32 arrays of token ids, the same in every run."""
+    rng = np.random.default_rng(3)
+    tokens = rng.integers(0, SPEC.vocab_size, (2, BATCH, SEQ), dtype=np.int32)
+    return tokens if count == 2 else tokens[0]
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +228,8 @@ def results(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("jax-parallel")
     folders = {}
     for key, spec, options in (
-        ("untied", SPEC, BuildOptions()), ("tied", TIED, BuildOptions(parallel=TIED_RULES))
+        ("untied", SPEC, BuildOptions()), ("tied", TIED, BuildOptions(parallel=TIED_RULES)),
+        ("int8", TIED, BuildOptions(quantize="int8")),
     ):  # fmt: skip
         folders[key] = str(build_target(spec, "jax", root / key, options))
         save_hf_checkpoint(spec, random_weights(spec, seed=11, std=0.2), root / key / "checkpoint")
@@ -235,6 +276,21 @@ def test_sharded_train_step_matches_one_device(results):
     # turns 1e-7 rounding into a visible update: each tensor's update is held to 1e-2 of itself.
     assert max(train["update"]) <= 1e-2, train
     assert train["same_shardings"]
+
+
+def test_int8_build_shards_q_and_scale_and_matches_one_device(results):
+    """q split as the float matrix is, its scale as q's output axis (default rules: embed over
+    fsdp, heads and vocab over tensor); the tied head quantized and split like an untied one."""
+    int8 = results["int8"]
+    assert int8["wrong_shards"] == []
+    _, fsdp, tensor = INT8_MESH
+    layers, dim, vocab = TIED.n_layers, TIED.dim, TIED.vocab_size
+    assert int8["shard"] == {
+        "wq": [[layers, dim // fsdp, dim // tensor], [layers, dim // tensor]],
+        "lm_head": [[dim // fsdp, vocab // tensor], [vocab // tensor]],
+    }
+    assert int8["q_dtype"] == "int8"
+    assert int8["logits"] <= 1e-5, int8["logits"]
 
 
 def test_run_time_mesh_is_checked_against_the_model(results):

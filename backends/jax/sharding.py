@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from spec import ModelSpec, ParallelSpec
-from spec.weights import CONFIG_ATTRIBUTES, LogicalAxis, WeightInfo, present
+from spec.weights import BY_KEY, CONFIG_ATTRIBUTES, LogicalAxis, WeightInfo, present
 
 from ..base import BuildOptions
 
@@ -35,19 +35,39 @@ def partition_text(entries: tuple[tuple[str, ...] | None, ...]) -> str:
     return "P(" + ", ".join(printed) + ")"
 
 
-def param_entry(parallel: ParallelSpec, weight: WeightInfo) -> dict[str, str]:
+def axes_text(axes: tuple[LogicalAxis, ...]) -> str:
+    """`layers, embed, heads` (a one-axis tuple keeps its comma)."""
+    return ", ".join(axis.value for axis in axes) + ("," if len(axes) == 1 else "")
+
+
+def param_entry(parallel: ParallelSpec, weight: WeightInfo, quantized: bool) -> dict[str, str]:
     """One params entry: the weight's Hugging Face axes in our layout (matrices transposed to
-    (in, out) where the table says so), with the stacked `layers` axis in front of layer weights."""
+    (in, out) where the table says so), with the stacked `layers` axis in front of layer weights.
+    A quantized matrix (int8 `q` laid out as the float one) adds its scale's partition: one
+    scale per output, so the scale is split exactly as q's output axis is."""
     axes = weight.axes
     if weight.jax_transposed:
         axes = (axes[1], axes[0])
-    if weight.per_layer:
-        axes = (LogicalAxis.layers, *axes)
-    return {
+    layers = (LogicalAxis.layers,) if weight.per_layer else ()
+    entry = {
         "name": weight.key,
-        "partition": partition_text(parallel.partition(axes)),
-        "axes": ", ".join(axis.value for axis in axes) + ("," if len(axes) == 1 else ""),
+        "partition": partition_text(parallel.partition((*layers, *axes))),
+        "axes": axes_text((*layers, *axes)),
     }
+    if quantized and weight.quantized:
+        scale_axes = (*layers, axes[-1])
+        entry["scale_partition"] = partition_text(parallel.partition(scale_axes))
+        entry["scale_axes"] = axes_text(scale_axes)
+    return entry
+
+
+def sharded_weights(spec: ModelSpec, quantized: bool) -> tuple[WeightInfo, ...]:
+    """The params' weights: those the model has, and a quantized build's head even when tied
+    (quantized from a copy of the embedding, which stays float for the lookup)."""
+    weights = present(spec)
+    if quantized and spec.tie_embeddings:
+        weights = (*weights, BY_KEY["lm_head"])
+    return weights
 
 
 def sharding_context(spec: ModelSpec, options: BuildOptions) -> dict[str, Any]:
@@ -56,11 +76,13 @@ def sharding_context(spec: ModelSpec, options: BuildOptions) -> dict[str, Any]:
     rules = {axis.value: [mesh.value for mesh in parallel.rules.of(axis)] for axis in LogicalAxis}
     batch, vocab = parallel.partition((LogicalAxis.batch, LogicalAxis.vocab))
     training = spec.training
+    quantized = options.quantize is not None
+    weights = sharded_weights(spec, quantized)
     return {
         "mesh": parallel.mesh.model_dump(),
         "rules": rules,
-        "global_params": [param_entry(parallel, w) for w in present(spec) if not w.per_layer],
-        "layer_params": [param_entry(parallel, w) for w in present(spec) if w.per_layer],
+        "global_params": [param_entry(parallel, w, quantized) for w in weights if not w.per_layer],
+        "layer_params": [param_entry(parallel, w, quantized) for w in weights if w.per_layer],
         "batch_partition": partition_text((batch,)),
         "logits_partition": partition_text((batch, None, vocab)),  # (batch, seq, vocab)
         "rules_text": [
