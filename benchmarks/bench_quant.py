@@ -1,8 +1,8 @@
 """Batch-1 decode and 512-token prefill on CPU at float32 / 16-bit / int8 / int4: the emitted
 models against llama.cpp, onnxruntime-genai and transformers on the same weights (issue 16).
 
-    bash scripts/llamacpp_env.sh          # once: builds llama-cpp-python (minutes on 2 cores)
-    python benchmarks/bench_quant.py      # --smoke: a tiny model, a few tokens, one round
+    PYTHON=python bash scripts/llamacpp_env.sh   # once: builds llama-cpp-python (minutes)
+    python benchmarks/bench_quant.py             # --smoke: a tiny model, a few tokens, one round
 
 The model: SmolLM2-135M's shape (vocab 49152, dim 576, 30 layers, 9 heads / 3 KV heads, FFN 1536,
 tied embeddings, rope_theta 10000, 2048 positions) with random weights from transformers'
@@ -446,36 +446,61 @@ def rates(contender: Contender, new: int, long: int) -> tuple[float | None, floa
     return ((new - 1) / steps if steps > 0 else None), long / median["prefill"]
 
 
-def table(contenders: list[Contender], new: int, long: int, bandwidth: float,
-          reference: list[int]) -> str:  # fmt: skip
+HEADER = (
+    "| contender | bits | decode tok/s | prefill tok/s | MB read/token | % of limit "
+    "| decode ratio to baseline | greedy tokens = transformers |\n|---|---|---|---|---|---|---|---|"
+)
+
+
+def row(c: Contender, measured: dict, bandwidth: float, reference: list[int]) -> str:
+    """One table line: the rates, the bytes and their share of the limit, the ratios to the
+    baselines of its bit width, and where its greedy tokens first leave transformers'."""
+    if measured[c.name] is None:
+        return f"| {c.name} | {c.bits} | {c.note or 'not measured'} | | | | | |"
+    decode, prefill = measured[c.name]
+    if decode is None:
+        return f"| {c.name} | {c.bits} | too noisy | {prefill:.1f} | | | | |"
+    megabytes = f"{c.weight_bytes / 1e6:.1f}" if c.weight_bytes else ""
+    share = f"{100 * decode * c.weight_bytes / bandwidth:.0f}%" if c.weight_bytes else ""
+    ratios = ", ".join(
+        f"{decode / measured[b][0]:.2f}x {b}"
+        for b in BASELINES[c.bits] if b != c.name and (measured.get(b) or (None,))[0]
+    )  # fmt: skip
+    first = next((i for i, (a, b) in enumerate(zip(c.tokens, reference)) if a != b), None)
+    agree = f"{len(reference)}/{len(reference)}" if first is None else f"first {first}"
+    return (
+        f"| {c.name} | {c.bits} | {decode:.1f} | {prefill:.1f} | {megabytes} | {share} "
+        f"| {ratios} | {agree} |"
+    )
+
+
+def table(contenders: list[Contender], new: int, long: int, bandwidth: float) -> str:
+    """The markdown table; the first contender (transformers fp32) gives the reference tokens."""
     measured = {c.name: rates(c, new, long) for c in contenders}
-    lines = [
-        (
-            "| contender | bits | decode tok/s | prefill tok/s | MB read/token | % of limit "
-            "| decode ratio to baseline | greedy tokens = transformers |"
-        ),
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for c in contenders:
-        rate = measured[c.name]
-        if rate is None:
-            lines.append(f"| {c.name} | {c.bits} | {c.note or 'not measured'} | | | | | |")
-            continue
-        decode, prefill = rate
-        if decode is None:
-            lines.append(f"| {c.name} | {c.bits} | too noisy | {prefill:.1f} | | | | |")
-            continue
-        share = f"{100 * decode * c.weight_bytes / bandwidth:.0f}%" if c.weight_bytes else ""
-        megabytes = f"{c.weight_bytes / 1e6:.1f}" if c.weight_bytes else ""
-        ratios = ", ".join(
-            f"{decode / measured[b][0]:.2f}x {b}"
-            for b in BASELINES[c.bits] if b != c.name and (measured.get(b) or (None,))[0]
-        )  # fmt: skip
-        same = next((i for i, (a, b) in enumerate(zip(c.tokens, reference)) if a != b), None)
-        agree = f"{len(reference)}/{len(reference)}" if same is None else f"first {same}"
-        lines.append(f"| {c.name} | {c.bits} | {decode:.1f} | {prefill:.1f} | {megabytes} "
-                     f"| {share} | {ratios} | {agree} |")  # fmt: skip
-    return "\n".join(lines)
+    reference = contenders[0].tokens
+    return "\n".join([HEADER] + [row(c, measured, bandwidth, reference) for c in contenders])
+
+
+ORDER = ["fp32", "16-bit", "int8", "int4"]
+FOOTNOTE = (
+    "MB read/token: each contender's weight bytes at its own bit widths (scales included; an "
+    "untied embedding table, read one row per token, excluded; the tied head counted once); "
+    "% of limit = decode tok/s x those bytes / bandwidth. greedy tokens: position of the first "
+    "decode token that differs from transformers fp32 (random weights: near-ties flip under any "
+    "rounding, so this only shows that each contender runs the same model)."
+)
+
+
+def all_contenders(args, shape: dict, work: Path, n_ctx: int):
+    """Every row in bit-width order, and the llama.cpp worker to close (None without one)."""
+    hf = save_model(work / "hf", shape)
+    spec = load_spec(hf / "config.json")
+    contenders = [transformers_contender(hf), *ours(spec, hf, work, args.group_size)]
+    worker = None
+    if not args.no_baselines:
+        llamacpp, worker = llamacpp_contenders(hf, work, args.threads, n_ctx)
+        contenders += llamacpp + genai_contenders(hf, work)
+    return sorted(contenders, key=lambda c: ORDER.index(c.bits)), worker
 
 
 def main() -> None:
@@ -484,46 +509,38 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="timed rounds (median)")
     parser.add_argument("--group-size", type=int, default=32, help="for ours at int4")
     parser.add_argument("--no-baselines", action="store_true", help="ours and transformers only")
+    parser.add_argument(
+        "--threads", type=int, default=torch.get_num_threads(),
+        help="torch's and llama.cpp's threads (default: torch's); ONNX Runtime keeps its default",
+    )  # fmt: skip
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     shape = SMOKE_SHAPE if args.smoke else SMOLLM2_135M
     prompt_len, new, long = (8, 8, 32) if args.smoke else (64, 128, 512)
     repeat = 1 if args.smoke else args.repeat
-    threads = torch.get_num_threads()
     rng = np.random.default_rng(0)
     prompt = rng.integers(3, shape["vocab_size"], prompt_len).tolist()  # no special ids
     long_prompt = rng.integers(3, shape["vocab_size"], long).tolist()
+    load = os.getloadavg()[0]  # other work on the machine: llama.cpp's spinning threads suffer most
     bandwidth = measured_bandwidth()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-quant-") as tmp:
-        work = Path(tmp)
-        hf = save_model(work / "hf", shape)
-        spec = load_spec(hf / "config.json")
-        contenders = [transformers_contender(hf), *ours(spec, hf, work, args.group_size)]
-        worker = None
-        if not args.no_baselines:
-            llamacpp, worker = llamacpp_contenders(hf, work, threads, n_ctx=long + prompt_len + new)
-            contenders += llamacpp + genai_contenders(hf, work)
-        order = ["fp32", "16-bit", "int8", "int4"]
-        contenders.sort(key=lambda c: order.index(c.bits))
+        contenders, worker = all_contenders(args, shape, Path(tmp), long + prompt_len + new)
         setup = time.perf_counter() - started
         measure(contenders, prompt, long_prompt, new, repeat)
-        bandwidth = max(bandwidth, measured_bandwidth())  # the better of before and after
-        reference = contenders[0].tokens  # transformers fp32, the first row
-        print(f"bench_quant on {machine_line()}; llama.cpp threads {threads}")
-        print(f"model: {shape} (random weights, seed 0: decode speed does not depend on values)")
-        print(f"batch 1, greedy, no eos stop: decode {prompt_len}-token prompt + {new} new tokens,"
-              f" prefill {long} tokens; median of {repeat} rounds in turns; setup {setup:.0f} s")  # fmt: skip
-        print(f"bandwidth limit (measured in this run): {bandwidth / 1e9:.1f} GB/s")
-        print(table(contenders, new, long, bandwidth, reference))
         if worker is not None:
             worker.close()
+    bandwidth = max(bandwidth, measured_bandwidth())  # the better of before and after
+    print(f"bench_quant on {machine_line()} (llama.cpp: as many threads)")
     print(
-        "MB read/token: each contender's weight bytes at its own bit widths (scales included; "
-        "an untied embedding table, read one row per token, excluded; the tied head counted "
-        "once); % of limit = decode tok/s x those bytes / bandwidth. greedy tokens: position of "
-        "the first decode token that differs from transformers fp32 (random weights: near-ties "
-        "flip under any rounding)."
+        f"{os.cpu_count()} CPUs, load average before the run {load:.1f}, after {os.getloadavg()[0]:.1f}"
     )
+    print(f"model: {shape}, random weights (seed 0): decode speed does not depend on the values")
+    print(f"batch 1, greedy, no eos stop: decode {prompt_len}-token prompt + {new} new tokens, "
+          f"prefill {long} tokens; median of {repeat} rounds in turns; setup {setup:.0f} s")  # fmt: skip
+    print(f"bandwidth limit (measured in this run): {bandwidth / 1e9:.1f} GB/s")
+    print(table(contenders, new, long, bandwidth))
+    print(FOOTNOTE)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,19 @@
 #
 #   bash scripts/llamacpp_env.sh            # prints the venv and converter paths when ready
 #
-# Location: ${LLAMA_CODEGEN_CACHE:-$HOME/.cache/llama-codegen}/llamacpp-venv and .../llamacpp-src.
+# PYTHON (default python3) must be the interpreter that runs the benchmark (the project's, with
+# torch and transformers): the converter's sentencepiece is installed for its version. The
+# llama.cpp venv is made with it too.
+#
+# Location: ${LLAMA_CODEGEN_CACHE:-$HOME/.cache/llama-codegen}/llamacpp-venv, .../llamacpp-src and
+# .../llamacpp-convert-deps (sentencepiece, which the converter imports even for a tokenizer.json).
 # A finished venv carries a stamp file; a run that finds it does nothing, a run that finds a venv
 # without it (an interrupted build) starts over. Only the benchmark uses this: no test needs it.
 #
 # Why a separate venv: the compiled extension is a benchmark baseline, not a project dependency,
 # and building it must not touch the project's environment. The converter runs under the
-# benchmark's own Python instead (it imports torch and transformers, which that one has).
+# benchmark's own Python instead (it imports torch and transformers, which that one has), with
+# llamacpp-convert-deps on its PYTHONPATH for the one module that Python lacks.
 # Cost, measured here on 2026-11-30 with 2 cores shared with other work: see the final line.
 set -euo pipefail
 
@@ -21,6 +27,7 @@ CACHE="${LLAMA_CODEGEN_CACHE:-$HOME/.cache/llama-codegen}"
 VENV="$CACHE/llamacpp-venv"
 SRC="$CACHE/llamacpp-src"
 SDIST_DIR="$SRC/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION"
+CONVERT_DEPS="$CACHE/llamacpp-convert-deps"
 STAMP="$VENV/.complete-llama-cpp-python-$LLAMA_CPP_PYTHON_VERSION"
 PYTHON="${PYTHON:-python3}"
 
@@ -30,7 +37,8 @@ ready() {
 }
 
 if [[ -f "$STAMP" ]] && "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null \
-    && [[ -f "$SDIST_DIR/vendor/llama.cpp/convert_hf_to_gguf.py" ]]; then
+    && [[ -f "$SDIST_DIR/vendor/llama.cpp/convert_hf_to_gguf.py" ]] \
+    && [[ -d "$CONVERT_DEPS/sentencepiece" ]]; then
     ready
     exit 0
 fi
@@ -44,6 +52,15 @@ if [[ ! -f "$SRC/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz" ]]; then
 fi
 if [[ ! -f "$SDIST_DIR/vendor/llama.cpp/convert_hf_to_gguf.py" ]]; then
     tar -xzf "$SRC/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz" -C "$SRC"
+fi
+
+if [[ ! -d "$CONVERT_DEPS/sentencepiece" ]]; then
+    echo "installing the converter's sentencepiece into $CONVERT_DEPS"
+    "$PYTHON" -m pip install --quiet --disable-pip-version-check --target "$CONVERT_DEPS" sentencepiece
+fi
+if [[ -f "$STAMP" ]] && "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
+    ready
+    exit 0
 fi
 
 echo "creating $VENV with $PYTHON and compiling llama.cpp (several minutes on 2 cores)"
