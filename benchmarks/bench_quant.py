@@ -424,6 +424,7 @@ def measure(contenders: list[Contender], prompt: list[int], long_prompt: list[in
         for contender in contenders:
             if contender.run is None:
                 continue
+            print(f"round {round_}/{repeat}: {contender.name}", file=sys.stderr, flush=True)
             for what, (ids, count) in runs.items():
                 try:
                     seconds, tokens = contender.run(ids, count)
