@@ -19,7 +19,8 @@
 # and building it must not touch the project's environment. The converter runs under the
 # benchmark's own Python instead (it imports torch and transformers, which that one has), with
 # llamacpp-convert-deps on its PYTHONPATH for the one module that Python lacks.
-# Cost, measured here on 2026-11-30 with 2 cores shared with other work: see the final line.
+# Cost, measured here on 2026-11-30: 1095 s on 2 cores shared with other work (load average ~9)
+# and a 160 MB venv; the final line prints the time.
 set -euo pipefail
 
 LLAMA_CPP_PYTHON_VERSION="0.3.36"
