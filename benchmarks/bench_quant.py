@@ -32,7 +32,7 @@ Measured, greedy, no end-of-sequence stop, each contender in turns with the othe
 Threads: --threads (default torch's, 2 here) for torch and llama.cpp; ONNX Runtime and genai keep
 their default (one per core). Run it on a quiet machine: llama.cpp's threads spin at barriers,
 and with the cores oversubscribed (load average ~10 on 2 cores, 2026-11-30) its 2-thread decode
-ran 12x slower than 1 thread; the load average before and after is printed.
+ran 11-15x slower than 1 thread; the load average before and after is printed.
 
 The limit: a decode step reads every weight once (an embedding table that is not also the head:
 one row, not counted), so % of limit = decode tok/s x bytes per token / bandwidth, with bytes per
