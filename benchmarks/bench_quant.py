@@ -510,7 +510,7 @@ def all_contenders(args, shape: dict, work: Path, n_ctx: int):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--smoke", action="store_true", help="a tiny model, few tokens, 1 round")
     parser.add_argument("--repeat", type=int, default=3, help="timed rounds (median)")
     parser.add_argument("--group-size", type=int, default=32, help="for ours at int4")
