@@ -1,6 +1,8 @@
 """Batch-1 bf16 decoding on one GPU (device tool), in one invocation of about 6 minutes on an
-H200: the emitted generate, eager, compiled, and compiled with CUDA graphs, against transformers'
-generate, eager and with its static cache + torch.compile, on the same random weights.
+H200: the emitted generate, eager, compiled, compiled with CUDA graphs, and compiled as
+generate(compile=True) compiles on CUDA (CUDA graphs + coordinate-descent tuning, the emitted
+compile_options), against transformers' generate, eager and with its static cache +
+torch.compile, on the same random weights.
 
     PYTHONUNBUFFERED=1 python benchmarks/gpu_decode.py      # --smoke: tiny configs, any device
 
@@ -81,7 +83,11 @@ def models(llama, vocab: int, dim: int, layers: int, heads: int, ffn: int):
     return ours, theirs
 
 
-def contenders(ours, theirs, prompt: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
+def contenders(
+    ours, theirs, prompt: torch.Tensor, emitted_options: dict
+) -> dict[str, Callable[[], torch.Tensor]]:
+    """name: a call generating NEW_TOKENS; emitted_options: the emitted compile_options for
+    the prompt's device."""
     from transformers import CompileConfig
 
     mask = torch.ones_like(prompt)
@@ -96,8 +102,13 @@ def contenders(ours, theirs, prompt: torch.Tensor) -> dict[str, Callable[[], tor
 
     return {
         "ours eager": lambda: ours.generate(prompt, NEW_TOKENS, eos_token_id=None),
-        "ours compiled": lambda: compiled(ours, prompt, mode=None),
-        "ours compiled, CUDA graph": lambda: compiled(ours, prompt, mode="reduce-overhead"),
+        "ours compiled": lambda: compiled(ours, prompt, "default"),
+        "ours compiled, CUDA graph": lambda: compiled(
+            ours, prompt, "reduce-overhead", mode="reduce-overhead"
+        ),
+        "ours compiled, CUDA graph + tuning (generate's default)": lambda: compiled(
+            ours, prompt, "emitted", **emitted_options
+        ),
         "transformers eager": theirs_generate(),
         "transformers static cache + compile": theirs_generate(
             cache_implementation="static", compile_config=static
@@ -105,13 +116,14 @@ def contenders(ours, theirs, prompt: torch.Tensor) -> dict[str, Callable[[], tor
     }
 
 
-def compiled(ours, prompt: torch.Tensor, mode: str | None) -> torch.Tensor:
-    """ours.generate(compile=True) with its decode step compiled in `mode` (generate's own
-    choice is reduce-overhead on CUDA; this sets either explicitly, once per mode)."""
+def compiled(ours, prompt: torch.Tensor, key: str, **compile_kwargs) -> torch.Tensor:
+    """ours.generate(compile=True) with its decode step compiled with torch.compile's
+    `compile_kwargs` (mode or options), once per key (generate's own choice on CUDA is the
+    emitted compile_options; this sets each explicitly)."""
     cache = ours.__dict__.setdefault("bench_compiled", {})
-    if mode not in cache:
-        cache[mode] = torch.compile(ours.forward, fullgraph=True, mode=mode)
-    ours.compiled_forward = cache[mode]  # replaces the cached_property's value
+    if key not in cache:
+        cache[key] = torch.compile(ours.forward, fullgraph=True, **compile_kwargs)
+    ours.compiled_forward = cache[key]  # replaces the cached_property's value
     return ours.generate(prompt, NEW_TOKENS, compile=True, eos_token_id=None)
 
 
@@ -125,7 +137,8 @@ def run_config(llama, name: str, shape: tuple[int, ...], limit_bandwidth: float)
     prompt = torch.randint(0, vocab, (1, PROMPT), device=DEVICE)
     rows, outputs = [], {}
     with torch.inference_mode():
-        for key, generate in contenders(ours, theirs, prompt).items():
+        options = llama.model.compile_options(prompt.device)
+        for key, generate in contenders(ours, theirs, prompt, options).items():
             if time.perf_counter() - STARTED > BUDGET_S:
                 print(f"{name}, {key}: skipped (past {BUDGET_S:.0f} s)", flush=True)
                 continue

@@ -312,31 +312,96 @@ def test_onnx_decode_equals_prefill_at_every_position_with_padding(reference, on
     assert_close_where_real(np.concatenate(steps, axis=1), expected, mask)
 
 
-def test_onnxruntime_genai_loads_the_folder_and_generates_transformers_tokens(reference, tmp_path):
-    """onnxruntime-genai's own generation loop, on the folder and its genai_config.json (the
-    spec's eos and pad ids), gives transformers' greedy tokens for each prompt of the batch,
-    stopping the middle one at eos. (onnxruntime-genai 0.18 is fed each prompt alone: given the
-    left-padded batch, it ran the padding unmasked, so its padded rows are not compared.)"""
+GENAI_PAD = 1  # genai_config.json's pad_token_id in the genai tests
+
+
+@pytest.fixture(scope="module")
+def genai(reference, tmp_path_factory):
+    """(onnxruntime_genai, its Model of the folder, the eos id): the spec's eos is the token that
+    stops the middle row early, its pad GENAI_PAD; weights in the folder (genai resolves external
+    data beside the graphs only)."""
     og = pytest.importorskip("onnxruntime_genai", reason="needs onnxruntime-genai installed")
     ids, mask = padded_batch()
     eos = early_eos(reference[0], ids, mask)
-    spec = SPEC.model_copy(update={"eos_token_id": (eos,), "pad_token_id": 1})
+    spec = SPEC.model_copy(update={"eos_token_id": (eos,), "pad_token_id": GENAI_PAD})
     options = BuildOptions(weights=reference[1], embed_weights=True)  # self-contained folder
-    model = og.Model(str(build_target(spec, "onnx", tmp_path, options)))
-    expected = theirs(reference[0], eos, 1)
+    folder = build_target(spec, "onnx", tmp_path_factory.mktemp("genai"), options)
+    return og, og.Model(str(folder)), eos
+
+
+def genai_generator(genai, batch: np.ndarray, max_length: int):
+    """onnxruntime-genai's Generator with the prompts `batch` (B, T) appended, greedy search
+    from genai_config.json."""
+    og, model, _ = genai
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=max_length, batch_size=len(batch))
+    generator = og.Generator(model, params)
+    generator.append_tokens(batch.astype(np.int32))
+    return generator
+
+
+def genai_sequences(genai, batch: np.ndarray, max_length: int) -> list[list[int]]:
+    """Each row's sequence after onnxruntime-genai's own loop: prompt, then new tokens."""
+    generator = genai_generator(genai, batch, max_length)
+    while not generator.is_done():
+        generator.generate_next_token()
+    return [[int(t) for t in generator.get_sequence(row)] for row in range(len(batch))]
+
+
+def right_padded(ids: np.ndarray, mask: np.ndarray, pad: int) -> np.ndarray:
+    """The left-padded batch (B, W) with each prompt moved to the front and pad after it."""
+    out = np.full_like(ids, pad)
+    for row in range(len(ids)):
+        prompt = ids[row][mask[row].astype(bool)]
+        out[row, : len(prompt)] = prompt
+    return out
+
+
+def test_onnxruntime_genai_generates_transformers_tokens_for_a_padded_batch(reference, genai):
+    """onnxruntime-genai's own loop on the folder and its genai_config.json, given the batch of
+    prompts of 5, 17 and 30 tokens in one call, right-padded with pad_token_id (the padding it
+    reads, onnxruntime-genai #1694): each row's new tokens are transformers' generate on the
+    left-padded batch, the middle row stopping at eos and then emitting pad, as transformers'."""
+    ids, mask = (t.numpy() for t in padded_batch())
+    eos, width = genai[2], ids.shape[1]
+    expected = theirs(reference[0], eos, GENAI_PAD)  # (3, width + NEW_TOKENS)
+    batch = right_padded(ids, mask, GENAI_PAD)
+    sequences = genai_sequences(genai, batch, width + NEW_TOKENS)
+    for row in range(len(LENGTHS)):
+        assert sequences[row][:width] == batch[row].tolist(), row  # the prompt as given
+        assert sequences[row][width:] == expected[row, width:].tolist(), row
+    stopped = sequences[1][width:]
+    assert stopped.index(eos) < len(stopped) - 1 and stopped[-1] == GENAI_PAD
+
+
+def test_onnxruntime_genai_generates_transformers_tokens_for_each_prompt_alone(reference, genai):
+    """The same prompts fed one at a time (batch 1: no padding): transformers' greedy tokens,
+    the middle prompt stopping at eos."""
+    ids = padded_batch()[0]
+    eos = genai[2]
+    expected = theirs(reference[0], eos, GENAI_PAD)
     for row, length in enumerate(LENGTHS):
-        params = og.GeneratorParams(model)
-        params.set_search_options(max_length=length + NEW_TOKENS)
-        generator = og.Generator(model, params)
-        generator.append_tokens(ids[row : row + 1, -length:].numpy().astype(np.int32))
-        while not generator.is_done():
-            generator.generate_next_token()
-        tokens = [int(t) for t in generator.get_sequence(0)]
+        prompt = ids[row : row + 1, -length:].numpy()
+        tokens = genai_sequences(genai, prompt, length + NEW_TOKENS)[0]
         wanted = expected[row, ids.shape[1] - length :].tolist()
         if eos in wanted[length:]:  # transformers emits eos, then pads; genai's sequence stops
             wanted = wanted[: wanted.index(eos, length)]  # before it (0.18 leaves eos out)
         assert tokens == wanted, row
     assert len(tokens) == LENGTHS[-1] + NEW_TOKENS  # the last row runs to the end
+
+
+def test_onnxruntime_genai_reads_left_padding_as_tokens(genai):
+    """Why the emitted README says to right-pad a batch for onnxruntime-genai: it masks only the
+    trailing pad ids of each row (#1694), so a left-padded row's padding is attended to, at
+    positions counted from the padding's start. When a release reads left padding, this fails
+    and the README's advice should change."""
+    pad = GENAI_PAD
+    batch = np.array([[pad, pad, pad, 7, 8], [9, 10, 11, 12, 13], [7, 8, pad, pad, pad]])
+    generator = genai_generator(genai, batch, 8)
+    mask = np.asarray(generator.get_input("attention_mask")).tolist()
+    positions = np.asarray(generator.get_input("position_ids")).tolist()
+    assert mask == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
+    assert positions == [[0, 1, 2, 3, 4], [0, 1, 2, 3, 4], [0, 1, 0, 0, 0]]
 
 
 # --- bad arguments: one-line ValueErrors, the same in torch, JAX and ONNX (issue 17) -----------

@@ -216,6 +216,30 @@ def test_no_graph_breaks_under_torch_compile(packages, batch):
     model.clear_cache()
 
 
+def test_decode_step_compiles_on_cuda_with_reduce_overhead_and_coordinate_descent_options(
+    packages,
+):
+    """compiled_forward's torch.compile arguments, read without a GPU: on CUDA, options equal to
+    what mode="reduce-overhead" sets (torch._inductor.list_mode_options, torch's own table) plus
+    the Inductor setting that TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 turns on (read from
+    torch in a fresh process with that variable); on CPU none, as before. torch.compile accepts
+    them: it checks each option's name and type when called, before any compilation."""
+    from torch._inductor import list_mode_options
+
+    module = packages["mha"].model
+    flag = subprocess.run(
+        [sys.executable, "-c", "import torch._inductor.config as c; print(c.coordinate_descent_tuning)"],
+        env={"PATH": "", "TORCHINDUCTOR_COORDINATE_DESCENT_TUNING": "1"},
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert flag.strip() == "True"
+    expected = list_mode_options("reduce-overhead") | {"coordinate_descent_tuning": True}
+    for device in (torch.device("cuda"), torch.device("cuda", 1)):
+        assert module.compile_options(device) == {"options": expected}
+    assert module.compile_options(torch.device("cpu")) == {}
+    torch.compile(lambda x: x + 1, fullgraph=True, **module.compile_options(torch.device("cuda")))
+
+
 def test_compiled_generate_matches_eager_and_compiles_once(packages):
     """generate(compile=True) gives eager's greedy tokens, and one graph serves every decode
     position and a second call (start_pos is symbolic, the cache static)."""

@@ -255,8 +255,8 @@ class Model(nn.Module):
         (only the last logits_to_keep positions when > 0, as in transformers).
 
         start_pos may be a 0-d long tensor: with a cache (setup_cache) every step then has the
-        same shapes, whatever its position, and compiles to one graph (one CUDA graph under
-        mode="reduce-overhead"); a tensor start_pos is not checked against the cache's length.
+        same shapes, whatever its position, and compiles to one graph (one CUDA graph on CUDA:
+        compiled_forward); a tensor start_pos is not checked against the cache's length.
         For left-padded batches (what generate passes): position_ids (B, T), each row's RoPE
         positions (default start_pos + 0..T-1 for every row), and key_mask (B, >= the cache's
         length, or >= T without a cache), bool, False at padding slots, which no other query
@@ -308,10 +308,9 @@ class Model(nn.Module):
     def compiled_forward(self) -> Callable[..., Tensor]:
         """forward under torch.compile(fullgraph=True), compiled at its first call. Given a
         tensor start_pos and a cache, every decode position shares one graph; on CUDA it runs as
-        one CUDA graph (mode="reduce-overhead"), since a step's kernels are too short to hide
-        their launches. The mode is chosen for the device the model is on at the first access."""
-        cuda = self.rope_cos.device.type == "cuda"
-        return torch.compile(self.forward, fullgraph=True, mode="reduce-overhead" if cuda else None)
+        one CUDA graph with tuned kernels (compile_options). The options are chosen for the
+        device the model is on at the first access."""
+        return torch.compile(self.forward, fullgraph=True, **compile_options(self.rope_cos.device))
 
     @torch.inference_mode()
     def generate(
@@ -438,6 +437,24 @@ class Model(nn.Module):
                 slot = slot + 1
         finally:
             self.clear_cache()
+
+
+# torch.compile's options for the decode step on CUDA. "triton.cudagraphs" is all that
+# mode="reduce-overhead" sets (torch._inductor.list_mode_options("reduce-overhead")): each step
+# replays as one CUDA graph, since a step's kernels are too short to hide their launches.
+# "coordinate_descent_tuning" is what TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 sets for the whole
+# process: Inductor tunes its kernels' block sizes (the first compilation takes longer). Passed
+# per call, since torch.compile takes a mode or options, not both.
+CUDA_COMPILE_OPTIONS: dict[str, bool] = {
+    "triton.cudagraphs": True,
+    "coordinate_descent_tuning": True,
+}
+
+
+def compile_options(device: torch.device) -> dict[str, dict[str, bool]]:
+    """torch.compile's keyword arguments for the decode step on `device`: options
+    CUDA_COMPILE_OPTIONS on CUDA, none elsewhere (Inductor's defaults, e.g. on CPU)."""
+    return {"options": dict(CUDA_COMPILE_OPTIONS)} if device.type == "cuda" else {}
 
 
 def check_prompt(input_ids: Tensor, attention_mask: Tensor | None, vocab_size: int) -> None:
