@@ -46,6 +46,7 @@ from .checkpoint import (
 )
 from .graph import Weight, decoder
 from .quantized import (
+    PART_BITS,
     PARTS,
     Quantization,
     laid_out,
@@ -72,7 +73,8 @@ def packed(entries: list[tuple[str, str, tuple[int, ...]]]) -> dict[str, Weight]
     """(name, dtype, shape) laid out one after another in DATA_FILE, each at a page boundary."""
     layout, offset = {}, 0
     for name, dtype, shape in entries:
-        length = ITEM_SIZES[dtype] * math.prod(shape)
+        bits = PART_BITS.get(dtype) or 8 * ITEM_SIZES[dtype]  # uint4: two per byte
+        length = -(-bits * math.prod(shape) // 8)
         layout[name] = Weight(name, dtype, shape, DATA_FILE, offset, length)
         offset += -(-length // ALIGNMENT) * ALIGNMENT
     return layout
@@ -146,8 +148,9 @@ def quantized_weights(
         try:
             parts = quantized_parts(as_float32(checkpoint.read(source), source), quantization)
         except ValueError as exc:  # quantize.py's NaN/infinity refusal
-            raise CheckpointError(f"{shown(source.name)}: cannot quantize it: {exc}") from None
-        data |= {f"{name}.{part}": array.tobytes() for part, array in parts.items()}
+            reason = str(exc).removeprefix("quantize: ")
+            raise CheckpointError(f"{shown(source.name)}: cannot quantize it: {reason}") from None
+        data |= {f"{name}.{part}": raw for part, raw in parts.items()}
     if sum(map(len, data.values())) <= INLINE_LIMIT:
         return {n: Weight(n, dtype, shape, data=data[n]) for n, dtype, shape in entries}, None
     layout = packed(entries)

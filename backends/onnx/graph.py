@@ -18,13 +18,14 @@ from onnx import ModelProto, NodeProto, TensorProto, ValueInfoProto, helper, num
 from spec import ModelSpec
 from spec.weights import hf_name
 
-from .quantized import MSFT_DOMAIN, MSFT_OPSET, Quantization, quantized_matmul, quantized_shapes
+from .quantized import PART_BITS, Quantization, quantized_matmul, quantized_shapes
 
 OPSET = 23
 IR_VERSION = 11  # the IR version that introduced opset 23
 PRODUCER = "llama-codegen"
 ONNX_DTYPES = {"F32": TensorProto.FLOAT, "BF16": TensorProto.BFLOAT16, "F16": TensorProto.FLOAT16}
-ONNX_DTYPES["U8"] = TensorProto.UINT8  # quantized weights (quantized.py)
+# the integer parts of quantized weights (quantized.py)
+ONNX_DTYPES |= {"I8": TensorProto.INT8, "U4": TensorProto.UINT4}
 
 # Dimension names onnxruntime-genai's model builder uses.
 BATCH, SEQ = "batch_size", "sequence_length"
@@ -83,7 +84,7 @@ class GraphBuilder:
         """The initializer, as a float32 value (cast in the graph when stored otherwise; the
         integer parts of a quantized weight as they are)."""
         self.initializers.append(weight.tensor())
-        if weight.dtype in ("F32", "U8"):
+        if weight.dtype in ("F32", *PART_BITS):
             return weight.name
         return self.op("Cast", [weight.name], weight.name + ".float32", to=TensorProto.FLOAT)
 
@@ -291,10 +292,9 @@ def decoder(
         initializer=g.initializers,
         doc_string=f"LLaMA {spec.name} ({spec.param_count:,} parameters), {kind}; float32.",
     )
-    domains = [("", OPSET)] + ([(MSFT_DOMAIN, MSFT_OPSET)] if quantization else [])
     return helper.make_model(
         graph,
-        opset_imports=[helper.make_opsetid(domain, version) for domain, version in domains],
+        opset_imports=[helper.make_opsetid("", OPSET)],
         ir_version=IR_VERSION,
         producer_name=PRODUCER,
     )
