@@ -306,3 +306,21 @@ def test_weights_past_2_gb_go_to_the_data_file(monkeypatch, tmp_path):
     expected = transformers_logits(TIED, dequantized(weights, "int8"), TOKENS)
     logits = runner_at(built, accuracy_level=0).forward(TOKENS)
     assert oracle.relative_error(logits, expected) <= TOLERANCE
+
+
+def test_onnxruntime_genai_runs_the_quantized_folder(tmp_path):
+    """onnxruntime-genai's own loop on a quantized folder (genai_config.json unchanged) gives
+    run.py's greedy tokens: both sessions fuse the same kernels."""
+    og = pytest.importorskip("onnxruntime_genai", reason="needs onnxruntime-genai installed")
+    built = quantized_build(TIED, random_weights(TIED, seed=9, std=0.1), tmp_path, "int4")
+    prompt = np.array([[5, 17, 33, 2, 9]])
+    expected = OnnxRunner(built, built).generate(prompt, 12)[0].tolist()
+    model = og.Model(str(built))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=prompt.shape[1] + 12, min_length=prompt.shape[1] + 12)
+    generator = og.Generator(model, params)
+    generator.append_tokens(prompt.astype(np.int32))
+    while not generator.is_done():
+        generator.generate_next_token()
+    tokens = [int(t) for t in generator.get_sequence(0)]
+    assert tokens == expected[: len(tokens)] and len(tokens) > prompt.shape[1], (tokens, expected)
