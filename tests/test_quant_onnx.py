@@ -138,12 +138,19 @@ def test_logits_equal_transformers_holding_the_dequantized_weights(
     assert error <= LEVEL_4_TOLERANCE
 
 
-def test_bfloat16_checkpoint_is_quantized_from_its_values(tmp_path):
-    """A bfloat16 checkpoint: quantize.py sees exactly its values (widened to float32)."""
+@pytest.mark.parametrize("kind", ["bfloat16", "pytorch_model.bin"])
+def test_bfloat16_and_pickled_checkpoints_are_quantized_from_their_values(kind, tmp_path):
+    """quantize.py sees exactly the checkpoint's values (bfloat16 widened to float32), read by
+    the checked reader from safetensors or from a pickled pytorch_model.bin."""
     source = random_weights(UNTIED, seed=2, std=0.1)
     model = LlamaForCausalLM(LlamaConfig(**to_hf_config(UNTIED))).eval()
     model.load_state_dict({k: torch.from_numpy(v) for k, v in source.items()})
-    model.to(torch.bfloat16).save_pretrained(tmp_path / "hf")
+    if kind == "bfloat16":
+        model.to(torch.bfloat16).save_pretrained(tmp_path / "hf")
+    else:  # as transformers 4.28-4.34 saved it (tests/test_bin_checkpoints.py)
+        (tmp_path / "hf").mkdir()
+        model.config.to_json_file(tmp_path / "hf" / "config.json")
+        torch.save(dict(model.state_dict()), tmp_path / "hf" / "pytorch_model.bin")
     stored = {k: v.float().numpy() for k, v in model.state_dict().items() if "rotary" not in k}
     options = BuildOptions(weights=tmp_path / "hf", quantize="int4")
     built = build_target(UNTIED, "onnx", tmp_path, options)

@@ -5,7 +5,8 @@ data in `model.onnx.data` (a float32, bfloat16 or float16 layout described by th
 bound later; with `--weights` each initializer points at its tensor's byte range inside the
 checkpoint's .safetensors files, so binding a 65B model reads only the headers. `--embed-weights`
 copies the checkpoint's bytes into the graphs instead (into `model.onnx.data` past 2 GB); it is
-the only way to bind a pytorch_model.bin checkpoint, whose tensors are pickled.
+the only way to bind a pytorch_model.bin checkpoint, whose tensors are pickled. `--quantize`
+quantizes every linear layer's weight at bind time (quantized.py) into the graphs instead.
 """
 
 from __future__ import annotations
@@ -139,8 +140,8 @@ def quantized_weights(
     """The checkpoint quantized (quantize.py's integers, deterministic) into the graphs, or into
     DATA_FILE (returned) past 2 GB: its integers exist nowhere else, so they are never bound by
     reference. Raises CheckpointError naming a weight that holds NaN or infinity."""
-    float_names = set(checkpoint.tensors) - set(quantized_shapes(spec))
-    tensors = {ref.name: ref for ref in checkpoint.tensors.values()}
+    tensors = checkpoint.tensors
+    float_names = set(tensors) - set(quantized_shapes(spec))
     entries = laid_out(spec, [(r.name, r.dtype, r.shape) for r in tensors.values()], quantization)
     data: dict[str, bytes] = {name: checkpoint.read(tensors[name]) for name in float_names}
     for name in quantized_shapes(spec):
@@ -197,7 +198,7 @@ class OnnxContext(TemplateContext):
     ort_tested_version: str
     # reference mode: (name, file, safetensors dtype, shape, byte offset) of every bound tensor
     tensors: list[tuple[str, str, str, list[int], int]]
-    quantize: str | None  # "int8", "int4" (quantized.py's MatMulNBits layout) or None
+    quantize: str | None  # "int8", "int4" (quantized.py's DequantizeLinear layout) or None
     group_size: int  # int4's inputs per scale and zero point
 
 

@@ -38,7 +38,7 @@ class Weight:
     (relative to the folder the graph's external data is resolved against)."""
 
     name: str
-    dtype: str  # safetensors code: F32, BF16, F16
+    dtype: str  # safetensors code: F32, BF16, F16; quantized parts: I8, U4 (uint4)
     shape: tuple[int, ...]
     location: str = ""
     offset: int = 0
