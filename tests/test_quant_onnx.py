@@ -331,3 +331,21 @@ def test_onnxruntime_genai_runs_the_quantized_folder(tmp_path):
         generator.generate_next_token()
     tokens = [int(t) for t in generator.get_sequence(0)]
     assert tokens == expected[: len(tokens)] and len(tokens) > prompt.shape[1], (tokens, expected)
+
+
+def test_bind_quantize_turns_a_float_build_into_a_quantized_one(tmp_path):
+    """`bind --quantize int8` on a float build; a later plain `bind` keeps int8 (the manifest
+    records it) and writes the same bytes."""
+    folder = save_hf_checkpoint(TIED, random_weights(TIED, seed=10, std=0.1), tmp_path / "hf")
+    spec_file = folder / "config.json"
+    assert cli("build", "--spec", spec_file, "--target", "onnx", "--out", tmp_path).returncode == 0
+    out = tmp_path / "onnx"
+    assert "DequantizeLinear" not in op_types(out / "model.onnx")
+    first = cli("bind", out, "--weights", folder, "--quantize", "int8")
+    assert first.returncode == 0 and "quantized int8" in first.stdout, first.stderr
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert op_types(out / "model.onnx").count("DequantizeLinear") == 7 * TIED.n_layers + 1
+    assert '"quantize": "int8"' in files["manifest.json"].decode()
+    again = cli("bind", out, "--weights", folder)
+    assert again.returncode == 0 and again.stdout.startswith("unchanged"), again.stdout
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files
