@@ -60,12 +60,14 @@ class Weight:
 class GraphBuilder:
     """Nodes in topological order; every node is named after its (first) output."""
 
-    def __init__(self, spec: ModelSpec, quantization: Quantization | None = None) -> None:
+    def __init__(
+        self, spec: ModelSpec | None = None, quantization: Quantization | None = None
+    ) -> None:
         self.nodes: list[NodeProto] = []
         self.initializers: list[TensorProto] = []
         self.quantization = quantization
-        # HF name -> (out, in) of each weight stored quantized
-        self.quantized = quantized_shapes(spec) if quantization else {}
+        # HF name -> (out, in) of each weight of `spec` stored quantized
+        self.quantized = quantized_shapes(spec) if spec and quantization else {}
 
     def op(self, op_type: str, inputs: list[str], output: str, **attrs: object) -> str:
         return self.ops(op_type, inputs, [output], **attrs)[0]
