@@ -5,7 +5,8 @@ data in `model.onnx.data` (a float32, bfloat16 or float16 layout described by th
 bound later; with `--weights` each initializer points at its tensor's byte range inside the
 checkpoint's .safetensors files, so binding a 65B model reads only the headers. `--embed-weights`
 copies the checkpoint's bytes into the graphs instead (into `model.onnx.data` past 2 GB); it is
-the only way to bind a pytorch_model.bin checkpoint, whose tensors are pickled.
+the only way to bind a pytorch_model.bin checkpoint, whose tensors are pickled. `--quantize`
+quantizes every linear layer's weight at bind time (quantized.py) into the graphs instead.
 """
 
 from __future__ import annotations
@@ -19,10 +20,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
+import numpy as np
+
 from spec import DType, ModelSpec
+from spec.weights import BY_KEY
 
 from ..base import (
     CHECKED_READER,
+    QUANTIZER,
     Artifact,
     BuildOptions,
     Raw,
@@ -32,15 +37,24 @@ from ..base import (
     refuse_rope_scaling,
 )
 from ..checked_reader import shown
+from ..safetensors_format import ITEM_SIZES, TensorRef
 from ..tables import TableContext
 from .checkpoint import (
-    FLOAT_DTYPES,
     Checkpoint,
     CheckpointError,
     expected_shapes,
     open_checkpoint,
 )
 from .graph import Weight, decoder
+from .quantized import (
+    PART_BITS,
+    PARTS,
+    Quantization,
+    laid_out,
+    quantization_of,
+    quantized_parts,
+    quantized_shapes,
+)
 
 GRAPHS = {"model.onnx": False, "model_with_past.onnx": True}  # file -> with KV cache
 GENAI_CONFIG = "genai_config.json"
@@ -60,16 +74,21 @@ def packed(entries: list[tuple[str, str, tuple[int, ...]]]) -> dict[str, Weight]
     """(name, dtype, shape) laid out one after another in DATA_FILE, each at a page boundary."""
     layout, offset = {}, 0
     for name, dtype, shape in entries:
-        length = FLOAT_DTYPES[dtype] * math.prod(shape)
+        bits = PART_BITS.get(dtype) or 8 * ITEM_SIZES[dtype]  # uint4: two per byte
+        length = -(-bits * math.prod(shape) // 8)
         layout[name] = Weight(name, dtype, shape, DATA_FILE, offset, length)
         offset += -(-length // ALIGNMENT) * ALIGNMENT
     return layout
 
 
-def declared_weights(spec: ModelSpec, dtype: DType) -> dict[str, Weight]:
-    """Unbound: every weight declared in DATA_FILE, to be bound by a later build or `bind`."""
+def declared_weights(
+    spec: ModelSpec, dtype: DType, quantization: Quantization | None = None
+) -> dict[str, Weight]:
+    """Unbound: every weight declared in DATA_FILE, to be bound by a later build or `bind`
+    (quantized: the parts quantized.py lays out)."""
     code = SAFETENSORS_DTYPE[dtype]
-    return packed([(name, code, shape) for name, shape in expected_shapes(spec).items()])
+    entries = [(name, code, shape) for name, shape in expected_shapes(spec).items()]
+    return packed(laid_out(spec, entries, quantization) if quantization else entries)
 
 
 def referenced_weights(checkpoint: Checkpoint) -> dict[str, Weight]:
@@ -115,6 +134,42 @@ def embedded_weights(checkpoint: Checkpoint) -> tuple[dict[str, Weight], bytes |
     return layout, bytes(data)
 
 
+def quantized_weights(
+    spec: ModelSpec, checkpoint: Checkpoint, quantization: Quantization
+) -> tuple[dict[str, Weight], bytes | None]:
+    """The checkpoint quantized (quantize.py's integers, deterministic) into the graphs, or into
+    DATA_FILE (returned) past 2 GB: its integers exist nowhere else, so they are never bound by
+    reference. Raises CheckpointError naming a weight that holds NaN or infinity."""
+    tensors = checkpoint.tensors
+    float_names = set(tensors) - set(quantized_shapes(spec))
+    entries = laid_out(spec, [(r.name, r.dtype, r.shape) for r in tensors.values()], quantization)
+    data: dict[str, bytes] = {name: checkpoint.read(tensors[name]) for name in float_names}
+    for name in quantized_shapes(spec):
+        source = tensors[name if name in tensors else BY_KEY["embed"].hf]  # tied: the embedding
+        try:
+            parts = quantized_parts(as_float32(checkpoint.read(source), source), quantization)
+        except ValueError as exc:  # quantize.py's NaN/infinity refusal
+            reason = str(exc).removeprefix("quantize: ")
+            raise CheckpointError(f"{shown(source.name)}: cannot quantize it: {reason}") from None
+        data |= {f"{name}.{part}": raw for part, raw in parts.items()}
+    if sum(map(len, data.values())) <= INLINE_LIMIT:
+        return {n: Weight(n, dtype, shape, data=data[n]) for n, dtype, shape in entries}, None
+    layout = packed(entries)
+    blob = bytearray()
+    for name, *_ in entries:
+        blob += bytes(layout[name].offset - len(blob)) + data[name]
+    return layout, bytes(blob)
+
+
+def as_float32(raw: bytes, ref: TensorRef) -> np.ndarray:
+    """A checkpoint tensor's little-endian bytes (F32, F16 or BF16) as a float32 array."""
+    if ref.dtype == "BF16":  # the upper half of a float32's bits
+        bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
+        return bits.view(np.float32).reshape(ref.shape)
+    numpy_dtype = "<f4" if ref.dtype == "F32" else "<f2"
+    return np.frombuffer(raw, dtype=numpy_dtype).astype(np.float32).reshape(ref.shape)
+
+
 def check_dtype(checkpoint: Checkpoint, dtype: DType | None) -> None:
     """An explicit --dtype must be what the checkpoint stores: binding never converts."""
     if dtype is None:
@@ -143,12 +198,15 @@ class OnnxContext(TemplateContext):
     ort_tested_version: str
     # reference mode: (name, file, safetensors dtype, shape, byte offset) of every bound tensor
     tensors: list[tuple[str, str, str, list[int], int]]
+    quantize: str | None  # "int8", "int4" (quantized.py's DequantizeLinear layout) or None
+    group_size: int  # int4's inputs per scale and zero point
 
 
 def readme_context(
     spec: ModelSpec, options: BuildOptions, weights: dict[str, Weight], mode: str
 ) -> OnnxContext:
-    dtypes = sorted({DTYPE_NAMES[w.dtype] for w in weights.values()})
+    parts = tuple(f".{part}" for part in PARTS)  # a quantized weight's parts: integers, scales
+    dtypes = sorted({DTYPE_NAMES[w.dtype] for w in weights.values() if not w.name.endswith(parts)})
     return OnnxContext(
         spec=SpecContext.of(spec, options),
         table=TableContext.of(spec, "{}"),
@@ -165,6 +223,8 @@ def readme_context(
             for w in weights.values()
             if mode == "reference"
         ],
+        quantize=options.quantize,
+        group_size=options.int4_group_size,
     )
 
 
@@ -221,7 +281,7 @@ class OnnxBackend:
     name = "onnx"
     description = "ONNX opset 23 prefill + KV-cache graphs, weights by reference (onnxruntime)"
     template_dir = Path(__file__).parent / "templates"
-    accepts: frozenset[str] = frozenset({"weights", "embed_weights"})
+    accepts: frozenset[str] = frozenset({"weights", "embed_weights", "quantize"})
     filters: ClassVar[dict[str, Any]] = {}
 
     # RoPE scaling kinds this target cannot run, with the reason (backends.base).
@@ -235,21 +295,26 @@ class OnnxBackend:
 
     def plan(self, spec: ModelSpec, options: BuildOptions) -> list[Artifact]:
         refuse_rope_scaling(spec, self.refused_rope)
+        quantization = quantization_of(options.quantize, options.int4_group_size)
         data: bytes | None = None
         if options.weights is None:
             if options.embed_weights:
                 raise CheckpointError("--embed-weights needs --weights: there is nothing to embed")
-            mode, weights = "unbound", declared_weights(spec, options.dtype_for(spec))
+            mode = "unbound"
+            weights = declared_weights(spec, options.dtype_for(spec), quantization)
         else:
             checkpoint = open_checkpoint(spec, options.weights)
             check_dtype(checkpoint, options.dtype)
-            if options.embed_weights:
+            if quantization is not None:  # quantized at bind time, so held by the graphs
+                weights, data = quantized_weights(spec, checkpoint, quantization)
+                mode = "data-file" if data is not None else "inline"
+            elif options.embed_weights:
                 weights, data = embedded_weights(checkpoint)
                 mode = "data-file" if data is not None else "inline"
             else:
                 mode, weights = "reference", referenced_weights(checkpoint)
         artifacts: list[Artifact] = [
-            Raw(path, decoder(spec, weights, with_past).SerializeToString())
+            Raw(path, decoder(spec, weights, with_past, quantization).SerializeToString())
             for path, with_past in GRAPHS.items()
         ]
         if data is not None:
@@ -260,6 +325,8 @@ class OnnxBackend:
         artifacts += [Rendered(path, path + ".jinja", context) for path in ("README.md", "run.py")]
         if mode == "reference":  # run.py checks the weights folder with it
             artifacts.append(CHECKED_READER)
+        if quantization is not None:  # the formats' definition, beside the graphs holding them
+            artifacts.append(QUANTIZER)
         return artifacts
 
 

@@ -18,10 +18,14 @@ from onnx import ModelProto, NodeProto, TensorProto, ValueInfoProto, helper, num
 from spec import ModelSpec
 from spec.weights import hf_name
 
+from .quantized import PART_BITS, Quantization, quantized_matmul, quantized_shapes
+
 OPSET = 23
 IR_VERSION = 11  # the IR version that introduced opset 23
 PRODUCER = "llama-codegen"
 ONNX_DTYPES = {"F32": TensorProto.FLOAT, "BF16": TensorProto.BFLOAT16, "F16": TensorProto.FLOAT16}
+# the integer parts of quantized weights (quantized.py)
+ONNX_DTYPES |= {"I8": TensorProto.INT8, "U4": TensorProto.UINT4}
 
 # Dimension names onnxruntime-genai's model builder uses.
 BATCH, SEQ = "batch_size", "sequence_length"
@@ -34,7 +38,7 @@ class Weight:
     (relative to the folder the graph's external data is resolved against)."""
 
     name: str
-    dtype: str  # safetensors code: F32, BF16, F16
+    dtype: str  # safetensors code: F32, BF16, F16; quantized parts: I8, U4 (uint4)
     shape: tuple[int, ...]
     location: str = ""
     offset: int = 0
@@ -56,9 +60,14 @@ class Weight:
 class GraphBuilder:
     """Nodes in topological order; every node is named after its (first) output."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, spec: ModelSpec | None = None, quantization: Quantization | None = None
+    ) -> None:
         self.nodes: list[NodeProto] = []
         self.initializers: list[TensorProto] = []
+        self.quantization = quantization
+        # HF name -> (out, in) of each weight of `spec` stored quantized
+        self.quantized = quantized_shapes(spec) if spec and quantization else {}
 
     def op(self, op_type: str, inputs: list[str], output: str, **attrs: object) -> str:
         return self.ops(op_type, inputs, [output], **attrs)[0]
@@ -74,9 +83,10 @@ class GraphBuilder:
         return name
 
     def weight(self, weight: Weight) -> str:
-        """The initializer, as a float32 value (cast in the graph when stored otherwise)."""
+        """The initializer, as a float32 value (cast in the graph when stored otherwise; the
+        integer parts of a quantized weight as they are)."""
         self.initializers.append(weight.tensor())
-        if weight.dtype == "F32":
+        if weight.dtype in ("F32", *PART_BITS):
             return weight.name
         return self.op("Cast", [weight.name], weight.name + ".float32", to=TensorProto.FLOAT)
 
@@ -89,13 +99,20 @@ class GraphBuilder:
         return self.op("RotaryEmbedding", [x, *tables], output, interleaved=0, num_heads=heads)
 
     def linear(self, x: str, weight: str, output: str, bias: str | None = None) -> str:
-        """x @ weight.T (+ bias [out]) for a Hugging Face [out, in] weight."""
-        transposed = self.op("Transpose", [weight], weight + ".T", perm=[1, 0])
+        """x @ weight.T (+ bias [out]) for a Hugging Face [out, in] weight (a quantized one:
+        its HF name, whose parts quantized.py lays out)."""
+        if weight in self.quantized:
+            product = quantized_matmul(
+                self, x, weight, output if bias is None else output + ".matmul"
+            )
+        else:
+            transposed = self.op("Transpose", [weight], weight + ".T", perm=[1, 0])
+            product = self.op(
+                "MatMul", [x, transposed], output if bias is None else output + ".matmul"
+            )
         if bias is None:
-            return self.op("MatMul", [x, transposed], output)
-        return self.op(
-            "Add", [self.op("MatMul", [x, transposed], output + ".matmul"), bias], output
-        )
+            return product
+        return self.op("Add", [product, bias], output)
 
 
 def tensor_info(name: str, dtype: int, shape: list[int | str]) -> ValueInfoProto:
@@ -229,21 +246,28 @@ def mlp(g: GraphBuilder, spec: ModelSpec, i: int, w: dict[str, str], x: str) -> 
     return g.op("Add", [x, y], out + "mlp_residual")
 
 
-def decoder(spec: ModelSpec, weights: dict[str, Weight], with_past: bool) -> ModelProto:
+def decoder(
+    spec: ModelSpec,
+    weights: dict[str, Weight],
+    with_past: bool,
+    quantization: Quantization | None = None,
+) -> ModelProto:
     """input_ids (batch, seq), attention_mask (batch, total: past and new tokens; 0 at left
     padding) and position_ids (batch, seq: each row's RoPE positions) -> logits (batch, seq,
     vocab), the inputs onnxruntime-genai feeds; with_past also takes and returns the KV cache,
     past_key_values.{i}.key/value -> present.{i}.key/value, each of shape
-    (batch, kv_heads, length, head_dim)."""
-    g = GraphBuilder()
+    (batch, kv_heads, length, head_dim). With `quantization`, `weights` holds the parts of every
+    quantized weight (quantized.py) instead of its float tensor."""
+    g = GraphBuilder(spec, quantization)
     w = {name: g.weight(weight) for name, weight in weights.items()}
+    w |= {name: name for name in g.quantized}  # linear() finds their parts by the HF name
     rope = rope_tables(g, spec)
     visible = visible_keys(g, with_past)
     x = g.op("Gather", [w[hf_name("embed")], "input_ids"], "embeddings", axis=0)
     for i in range(spec.n_layers):
         x = mlp(g, spec, i, w, attention(g, spec, i, w, x, rope, visible, with_past))
     x = g.rms_norm(x, w[hf_name("norm")], spec.norm_eps, "final_norm")
-    head = hf_name("embed" if spec.tie_embeddings else "lm_head")
+    head = hf_name("embed" if spec.tie_embeddings and not quantization else "lm_head")
     g.linear(x, w[head], "logits")  # (B, T, vocab)
 
     kv, hd = spec.n_kv_heads, spec.head_dim
