@@ -154,7 +154,7 @@ def test_int4_kernel_and_dequantize_paths_agree(packages):
         torch.testing.assert_close(plain(x), expected, rtol=1e-5, atol=1e-5)
 
 
-def accuracy(quantized, floating, spec: ModelSpec, ids: torch.Tensor) -> dict[str, float]:
+def accuracy(quantized, floating, ids: torch.Tensor) -> dict[str, float]:
     """Logits relative error, top-1 agreement over every position of `ids`, and the share of a
     32-token greedy continuation (from ids[0, :16]) that is the float model's."""
     with torch.no_grad():
@@ -167,29 +167,34 @@ def accuracy(quantized, floating, spec: ModelSpec, ids: torch.Tensor) -> dict[st
         "relative_error": float((ours - theirs).norm() / theirs.norm()),
         "top1": float((ours.argmax(-1) == theirs.argmax(-1)).float().mean()),
         "greedy": float((continuation[0] == continuation[1]).float().mean()),
-        "greedy_prefix": int((continuation[0] != continuation[1]).int().cumsum(0).eq(0).sum()),
     }
 
 
-# Conservative bounds on what was measured (tests/test_quant_torch.py's accuracy tests print
-# the numbers; docs/quantization.md records them): random weights at std 0.3, so that logits
-# have structure (at std 0.02 they are nearly flat and top-1 agreement means little).
-BOUNDS = {"int8": {"relative_error": 0.03, "top1": 0.95},
-          "int4": {"relative_error": 0.35, "top1": 0.6},
-          "int4-g64": {"relative_error": 0.45, "top1": 0.5}}  # fmt: skip
+# Conservative bounds on what was measured on this tiny random model (weights at std 0.1, so
+# that logits have some structure: the most likely token averages p = 0.019, ten times uniform;
+# at the default std 0.02 they are nearly flat). Measured (docs/quantization.md, ## torch):
+#   int8:     relative error 0.021, top-1 0.963, greedy 32 of 32 tokens the float model's
+#   int4 g32: relative error 0.279, top-1 0.611, greedy diverges at the first token
+#   int4 g64: relative error 0.335, top-1 0.541, greedy diverges at the first token
+# A random 2-layer model amplifies weight error far more than trained models do; the bounds
+# guard against regressions of the formats and kernels, not what a trained model loses.
+BOUNDS = {"int8": {"relative_error": 0.03, "top1": 0.93, "greedy": 0.75},
+          "int4": {"relative_error": 0.35, "top1": 0.5, "greedy": 0.0},
+          "int4-g64": {"relative_error": 0.42, "top1": 0.45, "greedy": 0.0}}  # fmt: skip
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_accuracy_against_the_float_model(fmt, packages, tmp_path):
     spec = SPECS["untied"]
-    save_hf_checkpoint(spec, random_weights(spec, seed=5, std=0.3), tmp_path / "ck")
+    save_hf_checkpoint(spec, random_weights(spec, seed=5, std=0.1), tmp_path / "ck")
     quantized = load(packages["untied", fmt], tmp_path / "ck")
     floating = load(packages["untied", "float"], tmp_path / "ck")
     ids = torch.from_numpy(np.random.default_rng(2).integers(0, spec.vocab_size, (4, 160)))
-    measured = accuracy(quantized, floating, spec, ids)  # 640 positions
+    measured = accuracy(quantized, floating, ids)  # 640 positions
     print(f"\n{fmt} accuracy: {measured}")
     assert measured["relative_error"] <= BOUNDS[fmt]["relative_error"], measured
     assert measured["top1"] >= BOUNDS[fmt]["top1"], measured
+    assert measured["greedy"] >= BOUNDS[fmt]["greedy"], measured
 
 
 def test_nan_in_a_quantized_weight_is_refused_in_one_line(packages, tmp_path):
@@ -303,6 +308,9 @@ def test_int4_packed_for_cpu_refuses_to_move_and_int8_moves(packages):
         RuntimeError, match=r"int4 weights packed for cpu cannot move to meta: create"
     ):
         int4.to("meta")
+    assert {t.device.type for t in [*int4.parameters(), *int4.buffers()]} == {
+        "cpu"
+    }  # nothing moved
     int4.to(torch.bfloat16)  # same device: the scales follow the dtype, the packing stays
     assert int4(torch.zeros(1, 3, dtype=torch.long)).dtype == torch.float32
     int8 = packages["untied", "int8"].Model().to("meta")
@@ -319,7 +327,7 @@ def test_quantized_build_is_standalone_formatted_and_deterministic(fmt, tmp_path
     source = (Path(__file__).parents[1] / "backends" / "quantize.py").read_bytes()
     assert (folder / "quantize.py").read_bytes().endswith(source)  # verbatim, under its header
     formatted = subprocess.run(
-        [sys.executable, "-m", "ruff", "format", "--check", *RUFF_SETTINGS, str(folder)],
+        [sys.executable, "-m", "ruff", "format", "--check", *RUFF_SETTINGS, *map(str, folder.glob("*.py"))],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert formatted.returncode == 0, formatted.stdout + formatted.stderr
@@ -342,3 +350,14 @@ def test_unquantized_build_is_unchanged_by_the_option_machinery():
     files = render_target(SPECS["untied"], "torch", BuildOptions())
     assert "quantize.py" not in files and "parallel.py" in files
     assert b"Int8Linear" not in files["model.py"] and b"Int4Linear" not in files["model.py"]
+
+
+def test_verify_holds_a_quantized_build_to_the_oracle_on_dequantized_weights(tmp_path):
+    """`codegen verify` compares a quantized build with the float64 oracle holding its
+    dequantized weights (the float model's oracle would fail it by the format's error)."""
+    spec = SPECS["tied-odd-vocab"]
+    for fmt in ("int8", "int4"):
+        build_target(spec, "torch", tmp_path / fmt, FORMATS[fmt])
+        result = CliRunner().invoke(main, ["verify", str(tmp_path / fmt), "--seq", "12"])
+        assert result.exit_code == 0, result.output
+        assert "pass (tol 1e-05)" in result.output
