@@ -24,7 +24,12 @@ from spec import ModelSpec
 from .build import GENERATOR, MANIFEST, read_manifest
 from .common import UserError, format_table
 from .verifier import oracle
-from .verifier.checkpoints import random_weights, save_hf_checkpoint, weights_as_held
+from .verifier.checkpoints import (
+    random_weights,
+    save_hf_checkpoint,
+    weights_as_held,
+    weights_as_quantized,
+)
 from .verifier.runners import ADAPTERS
 
 
@@ -34,6 +39,7 @@ class Emitted:
     folder: Path
     spec: ModelSpec
     dtype: str
+    quantize: tuple[str, int | None] | None = None  # the build's --quantize and --group-size
 
 
 def discover(out: Path) -> list[Emitted]:
@@ -58,8 +64,11 @@ def discover(out: Path) -> list[Emitted]:
         except (KeyError, ValidationError):
             continue
         options = manifest.get("options")
-        dtype = (options.get("dtype") if isinstance(options, dict) else None) or spec.dtype.value
-        found.append(Emitted(manifest["target"], folder, spec, str(dtype)))
+        options = options if isinstance(options, dict) else {}
+        dtype = options.get("dtype") or spec.dtype.value
+        quantize = options.get("quantize")
+        quantized = (str(quantize), options.get("group_size")) if quantize else None
+        found.append(Emitted(manifest["target"], folder, spec, str(dtype), quantized))
     return found
 
 
@@ -203,16 +212,19 @@ def verify_command(out: Path, weights: Path | None, seq: int, batch: int, seed: 
                 f"verify needs the {exc.name} package for its checkpoint: "
                 f"pip install {exc.name}, or pip install -e '.[all]' for every target"
             ) from None
-        references: dict[str, np.ndarray] = {}
+        references: dict[tuple[str, tuple[str, int | None] | None], np.ndarray] = {}
         for item in emitted:
             adapter = ADAPTERS.get(item.target)
             if adapter is None:
                 rows.append([item.target, item.dtype, "-", "-", "skipped: no runner"])
                 continue
-            if item.dtype not in references:
-                held = weights_as_held(tensors, item.dtype)
-                references[item.dtype] = oracle.forward(spec, held, tokens)
-            reference = references[item.dtype]
+            key = (item.dtype, item.quantize)
+            if key not in references:  # a quantized build: the oracle on its dequantized weights
+                held, oracle_spec = weights_as_held(tensors, item.dtype), spec
+                if item.quantize:
+                    oracle_spec, held = weights_as_quantized(spec, held, *item.quantize)
+                references[key] = oracle.forward(oracle_spec, held, tokens)
+            reference = references[key]
             try:
                 workdir = Path(tmp) / item.target
                 logits = adapter().open(item.folder, weights, workdir).forward(tokens)

@@ -9,8 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
+from backends.quantize import (
+    DEFAULT_GROUP_SIZE,
+    dequantize_int4,
+    dequantize_int8,
+    quantize_int4,
+    quantize_int8,
+)
 from spec import ModelSpec, to_hf_config
-from spec.weights import Init, by_hf_name, hf_shapes
+from spec.weights import Init, by_hf_name, hf_name, hf_shapes
 
 
 def weight_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
@@ -48,6 +55,28 @@ def weights_as_held(weights: dict[str, np.ndarray], dtype: str) -> dict[str, np.
             name: value.astype(np.float16).astype(np.float32) for name, value in weights.items()
         }
     return {name: round_to_bfloat16(value) for name, value in weights.items()}
+
+
+def weights_as_quantized(
+    spec: ModelSpec, weights: dict[str, np.ndarray], quantize: str, group_size: int | None
+) -> tuple[ModelSpec, dict[str, np.ndarray]]:
+    """What a --quantize build computes with (the oracle's fair input): every quantized weight
+    (WeightInfo.quantized) as dequantize(quantize(W)) of quantize.py's format, a tied head as
+    the embedding's copy quantized, so the spec comes back untied (head and embedding differ)."""
+    if spec.tie_embeddings:
+        weights = weights | {hf_name("lm_head"): weights[hf_name("embed")]}
+        spec = spec.model_copy(update={"tie_embeddings": False})
+    held = {}
+    for name, value in weights.items():
+        info = by_hf_name(name)
+        if info is None or not info.quantized:
+            held[name] = value
+        elif quantize == "int8":
+            held[name] = dequantize_int8(*quantize_int8(value))
+        else:
+            size = group_size or DEFAULT_GROUP_SIZE
+            held[name] = dequantize_int4(*quantize_int4(value, size), size)
+    return spec, held
 
 
 def save_hf_checkpoint(spec: ModelSpec, weights: dict[str, np.ndarray], folder: Path) -> Path:
