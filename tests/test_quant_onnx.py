@@ -349,3 +349,20 @@ def test_bind_quantize_turns_a_float_build_into_a_quantized_one(tmp_path):
     again = cli("bind", out, "--weights", folder)
     assert again.returncode == 0 and again.stdout.startswith("unchanged"), again.stdout
     assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+
+
+@pytest.mark.parametrize(("quantize", "group_size"), [("int8", None), ("int4", 64)])
+def test_verify_runs_the_quantized_graphs_against_the_oracle_on_dequantized_weights(
+    quantize, group_size, tmp_path
+):
+    """`codegen verify` binds a quantized folder as its manifest records (it used to rebind it
+    as a float build and so fail it by the format's own error) and holds it, at accuracy_level
+    0, to the float64 oracle on the dequantized weights within float32's 1e-5."""
+    folder = save_hf_checkpoint(TIED, random_weights(TIED, seed=11, std=0.1), tmp_path / "hf")
+    options = ["--quantize", quantize] + (["--group-size", str(group_size)] if group_size else [])
+    built = cli("build", "--spec", folder / "config.json", "--target", "onnx", "--weights", folder,
+                "--out", tmp_path / "out", *options)  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    verified = cli("verify", tmp_path / "out", "--weights", folder, "--seq", "12")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "pass (tol 1e-05)" in verified.stdout

@@ -18,10 +18,23 @@ from ..emitted import build_target, import_file
 
 
 class OnnxRunner:
-    def __init__(self, folder: Path, weights: Path):
+    def __init__(self, folder: Path, weights: Path, exact: bool = False):
+        """`exact`: onnxruntime's fused quantized products keep float32 activations
+        (accuracy_level 0), so a quantized build is held to the oracle on its dequantized
+        weights; run.py keeps onnxruntime's default level 4, which rounds them to int8."""
         self.run = import_file(folder / "run.py")
-        self.prefill = self.run.load_session("model.onnx", weights)
-        self.with_past = self.run.load_session("model_with_past.onnx", weights)
+        self.prefill, self.with_past = (
+            self.exact_session(folder / graph) if exact else self.run.load_session(graph, weights)
+            for graph in ("model.onnx", "model_with_past.onnx")
+        )
+
+    @staticmethod
+    def exact_session(path: Path):  # onnxruntime is imported only where it runs
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
     def forward(self, tokens: np.ndarray) -> np.ndarray:
         mask = np.ones_like(tokens)
@@ -67,13 +80,23 @@ class OnnxAdapter:
     target = "onnx"
     dtypes = ("float32",)  # the graphs compute in float32 whatever the weights' storage dtype
 
-    def load(self, spec: ModelSpec, dtype: str, checkpoint: Path, workdir: Path) -> OnnxRunner:
-        options = BuildOptions(weights=checkpoint, embed_weights=pickled(checkpoint))
+    def load(
+        self, spec: ModelSpec, dtype: str, checkpoint: Path, workdir: Path,
+        quantize: str | None = None, group_size: int | None = None,
+    ) -> OnnxRunner:  # fmt: skip
+        options = BuildOptions(
+            weights=checkpoint, embed_weights=pickled(checkpoint),
+            quantize=quantize, group_size=group_size,  # type: ignore[arg-type]
+        )  # fmt: skip
         folder = build_target(spec, "onnx", workdir, options)
-        return OnnxRunner(folder, checkpoint)
+        return OnnxRunner(folder, checkpoint, exact=quantize is not None)
 
     def open(self, folder: Path, checkpoint: Path, workdir: Path) -> OnnxRunner:
-        """The folder's graphs bound by reference to the checkpoint (what `codegen bind` does),
-        written to workdir/onnx: the folder itself is left as it is."""
-        spec = ModelSpec.model_validate(json.loads((folder / MANIFEST).read_text())["spec"])
-        return self.load(spec, "float32", checkpoint, workdir)
+        """The folder's graphs bound to the checkpoint as `codegen bind` binds them (quantized
+        as its manifest records), written to workdir/onnx: the folder itself is left as it is."""
+        manifest = json.loads((folder / MANIFEST).read_text())
+        spec = ModelSpec.model_validate(manifest["spec"])
+        options = manifest.get("options") or {}
+        return self.load(
+            spec, "float32", checkpoint, workdir, options.get("quantize"), options.get("group_size")
+        )
