@@ -318,6 +318,22 @@ def test_int4_packed_for_cpu_refuses_to_move_and_int8_moves(packages):
 
 
 @pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_a_float64_model_runs_the_kernels_in_float32(fmt, packages, tmp_path):
+    """`.double()` is accepted like any module's dtype change; torch's kernels take 16- and
+    32-bit activations only (they raised a RuntimeError on float64), so the products run in
+    float32: the logits equal the float32 model's to float32 rounding."""
+    spec = SPECS["untied"]
+    save_hf_checkpoint(spec, random_weights(spec, seed=3, std=0.1), tmp_path / "ck")
+    model = load(packages["untied", fmt], tmp_path / "ck")
+    ids = torch.from_numpy(np.random.default_rng(2).integers(0, spec.vocab_size, (1, 12)))
+    with torch.no_grad():
+        expected = model(ids)
+        actual = model.double()(ids)
+    assert model.model.norm.weight.dtype == torch.float64  # the model did become float64
+    assert oracle.relative_error(actual.double().numpy(), expected.double().numpy()) <= 1e-6
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
 def test_quantized_build_is_standalone_formatted_and_deterministic(fmt, tmp_path):
     spec, options = SPECS["tied-odd-vocab"], FORMATS[fmt]
     files = render_target(spec, "torch", options)
