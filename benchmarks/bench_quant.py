@@ -205,7 +205,9 @@ def onnx_weight_bytes(graph_file: Path) -> int:
                 continue
             seen.add(key)
             total += int(external["length"])
-        else:
+        elif init.HasField("raw_data"):  # as stored: int4 packs two values per byte
+            total += len(init.raw_data)
+        else:  # typed fields (numpy unpacks int4 to one byte each, so only for other dtypes)
             total += len(onnx.numpy_helper.to_array(init).tobytes())
     return total
 
